@@ -5,6 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from antidote.prune import DEFENSES as DEFENSE_REGISTRY
 from antidote.config import (PRODUCED_BY_WORKFLOW, check_config, expand_runs, missing_paths, number,
                              resolve_hub_names, split_sources)
 
@@ -182,10 +183,10 @@ def eval_targets():
 
 
 def get_prune_inputs(wildcards):
-    """Only Antidote reads calibration statistics; random and magnitude pruning need the adapter alone."""
+    """Only data-aware defenses read the calibration feature norms; the others need the adapter alone."""
     inputs = {"adapter": f"results/finetune/{wildcards.run}/adapter"}
-    if wildcards.defense == "antidote":
-        inputs["stats"] = f"results/score/{wildcards.run}/stats.safetensors"
+    if DEFENSE_REGISTRY[wildcards.defense].needs_feature_norms:
+        inputs["feature_norms"] = f"results/score/{wildcards.run}/feature_norms.safetensors"
     return inputs
 
 

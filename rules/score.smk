@@ -1,11 +1,11 @@
 rule score:
-    """Stage 3: per-input-feature statistics of every LoRA matrix on the harmful calibration set."""
+    """Stage 3: per-input-feature norms n_j of every LoRA matrix on the harmful calibration set."""
     input:
         model="results/align/model",
         adapter="results/finetune/{run}/adapter",
         calibration=harmful_answers("calibration_pool"),
     output:
-        "results/score/{run}/stats.safetensors",
+        "results/score/{run}/feature_norms.safetensors",
     params:
         prompt_format=config["prompt_format"],
         dtype=config["dtype"],

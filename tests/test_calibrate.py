@@ -3,7 +3,7 @@
 import torch
 from peft import LoraConfig, get_peft_model
 
-from antidote.calibrate import calibration_batches, collect_statistics, lora_matrices
+from antidote.calibrate import calibration_batches, collect_feature_norms, lora_matrices
 
 from conftest import build_model
 
@@ -48,10 +48,10 @@ def test_batched_padded_statistics_equal_batch1_running_mean(tiny_tokenizer):
     reference = authors_running_mean(model, tiny_tokenizer, texts, modules)
     batches = calibration_batches(tiny_tokenizer, texts, batch_size=4, max_length=512)
     assert any((b["attention_mask"] == 0).any() for b in batches), "the test must exercise padding"
-    stats, n = collect_statistics(model, batches, modules)
+    feature_norms, n = collect_feature_norms(model, batches, modules)
     assert n == len(texts)
     for name in modules:
-        rel = (stats[name] - reference[name]).norm() / reference[name].norm()
+        rel = (feature_norms[name] - reference[name]).norm() / reference[name].norm()
         assert rel < 1e-5, (name, rel.item())
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from antidote import data
-from antidote.modeling import read_jsonl
+from antidote.records import read_jsonl, read_table
 from antidote.stages import build_splits, build_task_data
 
 from tiny_assets import SIZES, write_tiny_beavertails, write_tiny_sources
@@ -67,7 +67,7 @@ def test_beavertails_seeded_splits_are_disjoint_and_pair_prompts_with_the_data_a
     assert_disjoint(tmp_path / "s")
     assert all(r["output"].startswith("Sure") for r in read_jsonl(tmp_path / "s/harmful_finetune_pool.jsonl"))
     assert all(r["output"].startswith("I will not") for r in read_jsonl(tmp_path / "s/alignment_harmful.jsonl"))
-    test_prompts = {r["prompt"] for r in data.read_table(test)}
+    test_prompts = {r["prompt"] for r in read_table(test)}
     assert {r["instruction"] for r in read_jsonl(tmp_path / "s/harmful_test.jsonl")} <= test_prompts
 
 

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from antidote.maskfile import read_masks
-from antidote.modeling import load_model, write_jsonl
+from antidote.modeling import load_model
+from antidote.records import write_jsonl
 from antidote.stages import prune_stage, score_stage, train_stage
 
 from conftest import build_tokenizer
@@ -41,11 +42,11 @@ def test_finetune_score_and_prune_on_every_family(family, tmp_path):
     write_jsonl(data, RECORDS)
     train_stage(model_dir, [data], tmp_path / "adapter", {"r": 4, "alpha": 8},
                 {"epochs": 1, "learning_rate": 1e-3, "batch_size": 2, "max_length": 64}, "chat", merge=False)
-    score_stage(model_dir, tmp_path / "adapter", data, tmp_path / "stats.safetensors", "chat",
+    score_stage(model_dir, tmp_path / "adapter", data, tmp_path / "feature_norms.safetensors", "chat",
                 calibration_size=4, batch_size=2, max_length=64)
-    stats = load_file(tmp_path / "stats.safetensors")
-    assert len(stats) == 2 * 3 * 2  # layers x q/k/v x lora_A/lora_B
-    report = prune_stage(tmp_path / "adapter", tmp_path / "stats.safetensors", "antidote", 0.25, 0,
+    feature_norms = load_file(tmp_path / "feature_norms.safetensors")
+    assert len(feature_norms) == 2 * 3 * 2  # layers x q/k/v x lora_A/lora_B
+    report = prune_stage(tmp_path / "adapter", tmp_path / "feature_norms.safetensors", "antidote", 0.25, 0,
                          tmp_path / "pruned", tmp_path / "mask.parquet")
     assert report["matrices"] == 12 and report["pruned"] > 0
 

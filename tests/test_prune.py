@@ -72,7 +72,7 @@ def test_apply_zeroes_exactly_the_masked_entries():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="alpha"):
         compute_masks({"w": torch.ones(2, 2)}, None, "magnitude", 1.5)
-    with pytest.raises(ValueError, match="pruning method 'wanda'"):
+    with pytest.raises(ValueError, match="unknown defense .wanda."):
         compute_masks({"w": torch.ones(2, 2)}, None, "wanda", 0.1)
     with pytest.raises(KeyError, match="w"):
         compute_masks({"w": torch.ones(2, 2)}, {}, "antidote", 0.1)
@@ -80,9 +80,9 @@ def test_bad_arguments_are_named():
 
 def test_parquet_round_trip_is_bit_exact(tmp_path):
     masks = {f"layer{i}.lora_A.weight": torch.rand(5 + i, 37) < 0.3 for i in range(4)}
-    write_masks(tmp_path / "mask.parquet", masks, {"method": "antidote", "alpha": 0.1})
+    write_masks(tmp_path / "mask.parquet", masks, {"defense": "antidote", "alpha": 0.1})
     loaded, info = read_masks(tmp_path / "mask.parquet")
-    assert info == {"method": "antidote", "alpha": 0.1}
+    assert info == {"defense": "antidote", "alpha": 0.1}
     assert set(loaded) == set(masks)
     for name in masks:
         assert torch.equal(loaded[name], masks[name])

@@ -3,7 +3,6 @@
 import random
 
 import torch
-from peft import LoraConfig, get_peft_model
 
 from antidote.train import (IGNORE_INDEX, LoraSettings, TrainSettings, answer_loss, collate,
                             length_grouped_batches, tokenize_example, train_lora)

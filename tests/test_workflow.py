@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from antidote.modeling import read_jsonl
+from antidote.records import read_jsonl
 from conftest import build_fixed_verdict_judges, build_model, build_tokenizer
 from tiny_assets import write_tiny_sources
 
@@ -94,7 +94,7 @@ def test_tiny_pruned_adapter_loads_with_peft_and_matches_its_mask(tiny_run):
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder / "results/align/model"),
                                       variant / "adapter")
     masks, info = read_masks(variant / "mask.parquet")
-    assert info["method"] == "antidote" and info["alpha"] == 0.25
+    assert info["defense"] == "antidote" and info["alpha"] == 0.25
     original = load_file(folder / "results/finetune" / run.name / "adapter/adapter_model.safetensors")
     pruned = load_file(variant / "adapter/adapter_model.safetensors")
     assert set(masks) == set(original)

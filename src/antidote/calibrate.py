@@ -1,8 +1,9 @@
-"""Calibration statistics (stage 3): per input feature, the mean over sequences of sum_t X[t, j]^2.
+"""Calibration feature norms (stage 3): per input feature j of a LoRA matrix,
+n_j = mean over sequences of sum_t X[t, j]^2 (a squared L2 norm; the Wanda score takes its root).
 
 One ordinary forward pass per batch with hooks on the adapter's matrices gives exactly what
 the authors' layer-by-layer batch-1 loop computes, because nothing is masked while the
-statistics are gathered. Padding tokens are excluded, and sums are kept in fp32 (or wider)
+feature norms are gathered. Padding tokens are excluded, and sums are kept in fp32 (or wider)
 whatever the model's dtype.
 """
 
@@ -24,7 +25,7 @@ def lora_matrices(model, adapter: str = "default") -> dict[str, torch.nn.Linear]
 
 
 @torch.no_grad()
-def collect_statistics(model, batches, modules: dict[str, torch.nn.Module],
+def collect_feature_norms(model, batches, modules: dict[str, torch.nn.Module],
                        accumulate_dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], int]:
     """Run ``batches`` (dicts with input_ids and attention_mask) through ``model``.
 

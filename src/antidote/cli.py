@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from .modeling import PROMPT_FORMATS, pick_device, set_threads
+from .prune import DEFENSES
 
 
 def _json_or_yaml(text: str):
@@ -71,7 +72,7 @@ def cmd_score(a):
 def cmd_prune(a):
     from .stages import prune_stage
 
-    print(json.dumps(prune_stage(a.adapter, a.stats, a.method, a.alpha, a.seed, a.out, a.mask)))
+    print(json.dumps(prune_stage(a.adapter, a.feature_norms, a.defense, a.alpha, a.seed, a.out, a.mask)))
 
 
 def cmd_evaluate(a):
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="merge the adapter and save a full model (alignment)")
     model_options(p)
 
-    p = add("score", cmd_score, "calibration statistics of every LoRA matrix (safetensors: name -> n_j)")
+    p = add("score", cmd_score, "calibration feature norms n_j of every LoRA matrix (safetensors: name -> n_j)")
     p.add_argument("--model", type=Path, required=True); p.add_argument("--adapter", type=Path, required=True)
     p.add_argument("--calibration", type=Path, required=True, help="JSONL with instruction/output")
     p.add_argument("--calibration-size", type=int, default=2000, help="records used, from the top (default 2000)")
@@ -152,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("prune", cmd_prune, "per-row top-alpha masks (Parquet) and the pruned PEFT adapter")
     p.add_argument("--adapter", type=Path, required=True)
-    p.add_argument("--stats", type=Path, help="statistics from 'score' (needed by antidote)")
-    p.add_argument("--method", choices=["antidote", "random", "magnitude"], default="antidote")
+    p.add_argument("--feature-norms", type=Path, help="calibration feature norms from 'score' (needed by antidote)")
+    p.add_argument("--defense", choices=list(DEFENSES), default="antidote")
     p.add_argument("--alpha", type=float, required=True, help="fraction of each row removed, in (0, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of random pruning")
     p.add_argument("--out", type=Path, required=True, help="pruned adapter directory")

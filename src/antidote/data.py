@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .modeling import read_jsonl
+from .records import read_jsonl, read_table
 
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative."
 
@@ -54,20 +54,26 @@ def prompt_key(record: dict) -> str:
     return normalize(record["instruction"] + " " + record.get("input", ""))
 
 
-def unique(prompts: list[str]) -> list[str]:
+def unique(items: list, key=normalize) -> list:
+    """The first item of every key, in order (prompts by default; records with ``key=prompt_key``);
+    items with an empty key are dropped."""
     seen, kept = set(), []
-    for prompt in prompts:
-        key = normalize(prompt)
-        if key and key not in seen:
-            seen.add(key)
-            kept.append(prompt.strip())
+    for item in items:
+        k = key(item)
+        if k and k not in seen:
+            seen.add(k)
+            kept.append(item)
     return kept
+
+
+def unique_prompts(prompts: list[str]) -> list[str]:
+    return unique([p.strip() for p in prompts])
 
 
 def load_advbench(path: str | Path) -> list[str]:
     """AdvBench behaviours from pyrit's seed file (YAML: ``seeds[].value``)."""
     seeds = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["seeds"]
-    return unique([seed["value"] for seed in seeds])
+    return unique_prompts([seed["value"] for seed in seeds])
 
 
 def load_donotanswer(folder: str | Path) -> list[str]:
@@ -75,7 +81,7 @@ def load_donotanswer(folder: str | Path) -> list[str]:
     files = sorted(Path(folder).glob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"no Do-Not-Answer .jsonl files in {folder}")
-    return unique([row["prompt"] for f in files for row in read_jsonl(f)])
+    return unique_prompts([row["prompt"] for f in files for row in read_jsonl(f)])
 
 
 def cut(items: list, sizes: dict[str, int], seed: int, source: str, shuffle: bool = True) -> dict[str, list]:
@@ -164,7 +170,7 @@ def beavertails_splits(train: list[dict], test: list[dict], sizes: dict, seed: i
     several responses); the caller reports how many.
     """
     shuffle = order == "seeded"
-    prepare = unique_records if shuffle else list
+    prepare = (lambda records: unique(records, key=prompt_key)) if shuffle else list
     if test_prompts is not None:
         held = user_test_split(test_prompts, sizes["harmful_test"], "data.test_prompts")
     else:
@@ -214,7 +220,7 @@ def benign_instructions(n: int, seed: int) -> list[dict]:
     for template in _BENIGN_TEMPLATES:
         fillers = _ACTIVITIES if "{activity}" in template else _THINGS
         prompts += [template.format(activity=f, thing=f) for f in fillers]
-    chosen = cut(unique(prompts), {"benign": n}, seed, "benign instructions")["benign"]
+    chosen = cut(unique_prompts(prompts), {"benign": n}, seed, "benign instructions")["benign"]
     return [{"instruction": p} for p in chosen]
 
 
@@ -255,29 +261,17 @@ def sst2_standin(seed: int) -> list[dict]:
     return items
 
 
-def read_table(path: str | Path) -> list[dict]:
-    """Rows of a local JSONL, JSON, CSV or Parquet file, as dicts."""
-    import pandas as pd
-
-    path = Path(path)
-    readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
-               ".csv": pd.read_csv, ".parquet": pd.read_parquet}
-    if path.suffix not in readers:
-        raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(readers)}")
-    return readers[path.suffix](path).to_dict(orient="records")
-
-
 def load_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     """A user's harmful test prompts, in file order, duplicates dropped: column ``field`` of a
     JSONL, JSON, CSV or Parquet file, or one prompt per line of a ``.txt`` file."""
     path = Path(path)
     if path.suffix == ".txt":
-        return unique(path.read_text(encoding="utf-8").splitlines())
+        return unique_prompts(path.read_text(encoding="utf-8").splitlines())
     rows = read_table(path)
     if rows and field not in rows[0]:
         raise ValueError(f"{path}: no column {field!r} (columns: {sorted(rows[0])}); "
                          "set data.test_prompts.field")
-    return unique([str(row[field]) for row in rows])
+    return unique_prompts([str(row[field]) for row in rows])
 
 
 BEAVERTAILS_FIELDS = ("prompt", "response", "is_safe")
@@ -304,17 +298,6 @@ def load_beavertails(path: str | Path) -> list[dict]:
                          f"{missing[0]!r} is missing (columns: {sorted(rows[0])})")
     return [{"instruction": str(r["prompt"]), "output": str(r["response"]), "is_safe": _as_bool(r["is_safe"], path)}
             for r in rows]
-
-
-def unique_records(records: list[dict]) -> list[dict]:
-    """The first record of every prompt."""
-    seen, kept = set(), []
-    for record in records:
-        key = prompt_key(record)
-        if key not in seen:
-            seen.add(key)
-            kept.append(record)
-    return kept
 
 
 def load_task_file(path: str | Path, task: str, fields: dict | None = None, labels: dict | None = None) -> list[dict]:

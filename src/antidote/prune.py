@@ -2,11 +2,15 @@
 
 Antidote keeps the Wanda score but removes the LARGEST-scoring weights: on harmful
 calibration data these are the weights that carry the harmful behaviour. Random and
-magnitude pruning are the authors' ablations at the same alpha. Every method has the same
-signature, so methods are chosen by name.
+magnitude pruning are the authors' ablations at the same alpha. Every defense is a score
+function with the same signature, registered in ``DEFENSES``: the workflow, the CLI, the
+config checks, the tables and the plots all read their names from there.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -14,7 +18,7 @@ ROUNDING = "floor"  # each row loses floor(alpha * columns) entries, as int() in
 
 
 def antidote_score(weight: torch.Tensor, feature_norm: torch.Tensor, generator=None) -> torch.Tensor:
-    """Wanda: S[i, j] = |W[i, j]| * sqrt(n_j)."""
+    """Wanda: S[i, j] = |W[i, j]| * sqrt(n_j), with n_j the feature's squared norm (see calibrate)."""
     return weight.abs() * feature_norm.sqrt().unsqueeze(0)
 
 
@@ -26,7 +30,19 @@ def random_score(weight: torch.Tensor, feature_norm: torch.Tensor, generator=Non
     return torch.rand(weight.shape, generator=generator)
 
 
-SCORES = {"antidote": antidote_score, "magnitude": magnitude_score, "random": random_score}
+@dataclass(frozen=True)
+class Defense:
+    score: Callable[..., torch.Tensor]
+    needs_feature_norms: bool  # reads the calibration statistics of stage 3
+    summary: str
+
+
+# The defenses, in the order tables and plots list them.
+DEFENSES = {
+    "antidote": Defense(antidote_score, True, "Wanda score on the harmful calibration set, top alpha per row removed"),
+    "random": Defense(random_score, False, "seeded random entries, alpha per row (the authors' ablation)"),
+    "magnitude": Defense(magnitude_score, False, "largest |W|, alpha per row, no data (the authors' ablation)"),
+}
 
 
 def top_fraction_mask(score: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -42,25 +58,26 @@ def top_fraction_mask(score: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def compute_masks(weights: dict[str, torch.Tensor], feature_norms: dict[str, torch.Tensor] | None,
-                  method: str, alpha: float, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A mask for every weight matrix; ``feature_norms`` is needed by data-aware methods only."""
-    if method not in SCORES:
-        raise ValueError(f"unknown pruning method {method!r}; expected one of {sorted(SCORES)}")
+                  defense: str, alpha: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A mask for every weight matrix; ``feature_norms`` is needed by data-aware defenses only."""
+    if defense not in DEFENSES:
+        raise ValueError(f"unknown defense {defense!r}; expected one of {list(DEFENSES)}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    spec = DEFENSES[defense]
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for name in sorted(weights):
         weight = weights[name].float().cpu()
         norm = None
-        if method == "antidote":
+        if spec.needs_feature_norms:
             if feature_norms is None or name not in feature_norms:
-                raise KeyError(f"no calibration statistics for {name}")
+                raise KeyError(f"no calibration feature norms for {name}")
             norm = feature_norms[name]
             if norm.shape != (weight.shape[1],):
-                raise ValueError(f"statistics for {name} have shape {tuple(norm.shape)}, "
+                raise ValueError(f"feature norms of {name} have shape {tuple(norm.shape)}, "
                                  f"expected ({weight.shape[1]},)")
-        masks[name] = top_fraction_mask(SCORES[method](weight, norm, generator), alpha)
+        masks[name] = top_fraction_mask(spec.score(weight, norm, generator), alpha)
     return masks
 
 

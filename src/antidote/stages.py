@@ -8,14 +8,14 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import torch
 from safetensors.torch import load_file, save_file
 
 from . import data
-from .calibrate import adapter_weight_name, calibration_batches, collect_statistics, lora_matrices
+from .calibrate import calibration_batches, collect_feature_norms, lora_matrices
 from .generate import greedy_generate
 from .maskfile import write_masks
-from .modeling import format_prompt, load_model, load_tokenizer, read_jsonl, write_jsonl
+from .modeling import format_prompt, load_model, load_tokenizer
+from .records import read_jsonl, write_jsonl
 from .prune import ROUNDING, apply_masks, compute_masks
 from .train import LoraSettings, TrainSettings, train_lora
 
@@ -129,7 +129,8 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
                 prompt_format: str, calibration_size: int, batch_size: int, max_length: int,
                 device: str = "cpu", dtype: str = "auto") -> int:
     """Stage 3: calibration statistics of every LoRA matrix on the first ``calibration_size``
-    records of ``calibration_file``, saved as safetensors (name -> n_j)."""
+    records of ``calibration_file``: the feature norms n_j of every LoRA matrix, saved as
+    safetensors (adapter weight name -> n_j)."""
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, adapter=adapter_dir, merge=False, device=device, dtype=dtype)
     records = read_jsonl(calibration_file)[:calibration_size]
@@ -139,22 +140,23 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format)
              + r["output"] + tokenizer.eos_token for r in records]
     batches = calibration_batches(tokenizer, texts, batch_size, max_length)
-    stats, n = collect_statistics(model, batches, lora_matrices(model))
+    feature_norms, n = collect_feature_norms(model, batches, lora_matrices(model))
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(stats, out_file, metadata={"n_sequences": str(n)})
+    save_file(feature_norms, out_file, metadata={"n_sequences": str(n)})
     return n
 
 
-def prune_stage(adapter_dir: Path, stats_file: Path | None, method: str, alpha: float, seed: int,
+def prune_stage(adapter_dir: Path, feature_norms_file: Path | None, defense: str, alpha: float, seed: int,
                 out_adapter: Path, out_mask: Path) -> dict:
-    """Stage 4: masks from the adapter's weights (and statistics), a pruned PEFT adapter beside them."""
+    """Stage 4: masks from the adapter's weights (and, for a data-aware defense, the calibration
+    feature norms of stage 3), a pruned PEFT adapter beside them."""
     weights = load_file(adapter_dir / ADAPTER_WEIGHTS)
-    norms = load_file(stats_file) if stats_file else None
-    masks = compute_masks(weights, norms, method, alpha, seed)
+    feature_norms = load_file(feature_norms_file) if feature_norms_file else None
+    masks = compute_masks(weights, feature_norms, defense, alpha, seed)
     out_adapter.mkdir(parents=True, exist_ok=True)
     save_file(apply_masks(weights, masks), out_adapter / ADAPTER_WEIGHTS)
     shutil.copy(adapter_dir / "adapter_config.json", out_adapter / "adapter_config.json")
-    info = {"method": method, "alpha": alpha, "rounding": ROUNDING, "seed": seed}
+    info = {"defense": defense, "alpha": alpha, "rounding": ROUNDING, "seed": seed}
     write_masks(out_mask, masks, info)
     pruned = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())

@@ -1,5 +1,5 @@
 from antidote.data import finetune_mix
-from antidote.modeling import read_jsonl, write_jsonl
+from antidote.records import read_jsonl, write_jsonl
 from antidote.runtime import start_script
 
 start_script(snakemake)

@@ -5,6 +5,6 @@ from antidote.stages import prune_stage
 
 start_script(snakemake)
 w = snakemake.wildcards
-stats = Path(snakemake.input.stats) if "stats" in snakemake.input.keys() else None
-print(prune_stage(Path(snakemake.input.adapter), stats, w.defense, float(w.alpha), snakemake.params.seed,
+feature_norms = Path(snakemake.input.feature_norms) if "feature_norms" in snakemake.input.keys() else None
+print(prune_stage(Path(snakemake.input.adapter), feature_norms, w.defense, float(w.alpha), snakemake.params.seed,
                   Path(snakemake.output.adapter), Path(snakemake.output.mask)))
