@@ -13,6 +13,7 @@ if not workflow.overwrite_configfiles:
 
 
 include: "rules/common.smk"
+include: "rules/cluster.smk"
 include: "rules/assets.smk"
 include: "rules/data.smk"
 include: "rules/align.smk"

@@ -4,23 +4,21 @@ rule align:
         model=external(config["base_model"]),
         data=alignment_data(),
     output:
-        directory("results/align/model"),
+        directory(PATHS["aligned_model"]),
     params:
         lora=config["align"]["lora"],
         train=config["align"]["train"],
         prompt_format=config["prompt_format"],
         dtype=config["dtype"],
         device=config["device"],
+        merge=True,
     threads: 2
     log:
         "logs/align.log",
     benchmark:
         "benchmarks/align.tsv"
     resources:
-        gpu=1,
-        gpu_model=get_gpu_model,
-        mem_mb=get_mem_mb,
-        runtime=get_runtime,
+        **MODEL_JOB,
     conda:
         ENV
     script:

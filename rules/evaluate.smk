@@ -1,31 +1,43 @@
 rule evaluate:
-    """Stage 5: harmful score (every judge) and fine-tune accuracy of one model."""
+    """Stage 5: harmful score (every judge) and fine-tune accuracy of one model of a run."""
     input:
-        unpack(get_eval_model),
+        unpack(get_evaluated_model),
         harmful=split_file(config["evaluate"]["harmful_split"]),
         task=get_task_eval,
         judges=[external(judge["path"]) for judge in config["evaluate"]["judges"] if "path" in judge],
     output:
-        metrics=f"results/{SPLIT_DIR}eval/{{subject}}/{{variant}}/metrics.parquet",
-        answers=f"results/{SPLIT_DIR}eval/{{subject}}/{{variant}}/answers.jsonl",
+        metrics=PATHS["run_metrics"],
+        answers=PATHS["run_answers"],
     params:
-        info=get_eval_info,
+        row=get_summary_row,
         judges=config["evaluate"]["judges"],
         generation=config["evaluate"],
         prompt_format=config["prompt_format"],
         dtype=config["dtype"],
         device=config["device"],
+    wildcard_constraints:
+        model="|".join(map(re.escape, ["sft", *PRUNED])),
     threads: 2
     log:
-        f"logs/{SPLIT_DIR}evaluate/{{subject}}/{{variant}}.log",
+        f"{LOGS}evaluate/{{run}}/{{model}}.log",
     benchmark:
-        f"benchmarks/{SPLIT_DIR}evaluate/{{subject}}/{{variant}}.tsv"
+        f"{BENCHMARKS}evaluate/{{run}}/{{model}}.tsv"
     resources:
-        gpu=1,
-        gpu_model=get_gpu_model,
-        mem_mb=get_mem_mb,
-        runtime=get_runtime,
+        **MODEL_JOB,
     conda:
         ENV
     script:
         "../workflow/scripts/evaluate.py"
+
+
+use rule evaluate as evaluate_reference with:
+    # The base and aligned models, evaluated once per task (no run, no adapter).
+    output:
+        metrics=PATHS["reference_metrics"],
+        answers=PATHS["reference_answers"],
+    wildcard_constraints:
+        model="|".join(REFERENCE_MODELS),
+    log:
+        f"{LOGS}evaluate/reference/{{task}}/{{model}}.log",
+    benchmark:
+        f"{BENCHMARKS}evaluate/reference/{{task}}/{{model}}.tsv"

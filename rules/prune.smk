@@ -3,12 +3,15 @@ rule prune:
     input:
         unpack(get_prune_inputs),
     output:
-        adapter=directory("results/prune/{run}/{defense}-a{alpha}/adapter"),
-        mask="results/prune/{run}/{defense}-a{alpha}/mask.parquet",
+        adapter=directory(PATHS["pruned_adapter"]),
+        mask=PATHS["mask"],
     params:
+        pruned=get_pruned,
         seed=config["prune"]["seed"],
+    wildcard_constraints:
+        model="|".join(map(re.escape, PRUNED)),
     log:
-        "logs/prune/{run}/{defense}-a{alpha}.log",
+        "logs/prune/{run}/{model}.log",
     conda:
         ENV
     script:

@@ -1,11 +1,3 @@
-# Tables and plots of the results, marked for `snakemake --report report.html`. Which files exist
-# follows the config: a table and a plot for every axis of the grid with more than one value.
-from antidote.plots import plot_names
-from antidote.results import run_axes, swept_axes, table_names
-
-SWEPT_AXES = swept_axes(run_axes(RUNS))
-
-
 report: "../workflow/report/workflow.rst"
 
 
@@ -20,13 +12,13 @@ rule tables:
         rules.collect.output.parquet,
     output:
         csv=[
-            report(f"results/{SPLIT_DIR}tables/{name}.csv", caption="../workflow/report/tables.rst", category="Tables",
+            report(f"{PATHS['tables']}/{name}.csv", caption="../workflow/report/tables.rst", category="Tables",
                    labels={"table": name})
             for name in table_names(SWEPT_AXES)
         ],
-        markdown=expand(f"results/{SPLIT_DIR}tables/{{name}}.md", name=table_names(SWEPT_AXES)),
+        markdown=[f"{PATHS['tables']}/{name}.md" for name in table_names(SWEPT_AXES)],
     log:
-        f"logs/{SPLIT_DIR}tables.log",
+        f"{LOGS}tables.log",
     conda:
         ENV
     script:
@@ -39,12 +31,12 @@ rule plots:
         rules.collect.output.parquet,
     output:
         [
-            report(f"results/{SPLIT_DIR}plots/{name}.png", caption="../workflow/report/plots.rst", category="Plots",
+            report(f"{PATHS['plots']}/{name}.png", caption="../workflow/report/plots.rst", category="Plots",
                    labels={"plot": name})
             for name in plot_names(SWEPT_AXES)
         ],
     log:
-        f"logs/{SPLIT_DIR}plots.log",
+        f"{LOGS}plots.log",
     conda:
         ENV
     script:

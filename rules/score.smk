@@ -1,11 +1,11 @@
 rule score:
-    """Stage 3: per-input-feature norms n_j of every LoRA matrix on the harmful calibration set."""
+    """Stage 3: the feature norms n_j of every LoRA matrix on the harmful calibration set."""
     input:
-        model="results/align/model",
-        adapter="results/finetune/{run}/adapter",
+        model=PATHS["aligned_model"],
+        adapter=PATHS["adapter"],
         calibration=harmful_answers("calibration_pool"),
     output:
-        "results/score/{run}/feature_norms.safetensors",
+        PATHS["feature_norms"],
     params:
         prompt_format=config["prompt_format"],
         dtype=config["dtype"],
@@ -19,10 +19,7 @@ rule score:
     benchmark:
         "benchmarks/score/{run}.tsv"
     resources:
-        gpu=1,
-        gpu_model=get_gpu_model,
-        mem_mb=get_mem_mb,
-        runtime=get_runtime,
+        **MODEL_JOB,
     conda:
         ENV
     script:

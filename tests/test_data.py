@@ -5,6 +5,7 @@ import pytest
 from antidote import data
 from antidote.records import read_jsonl, read_table
 from antidote.stages import build_splits, build_task_data
+from antidote.tasks import as_training, sst2_standin
 
 from tiny_assets import SIZES, write_tiny_beavertails, write_tiny_sources
 
@@ -125,7 +126,7 @@ def test_real_task_files_in_every_format(tmp_path):
     (tmp_path / "gsm.json").write_text('[{"question": "2+2?", "answer": "2 and 2 make 4 #### 4"}]')
     [item] = data.load_task_file(tmp_path / "gsm.json", "gsm8k")
     assert item["instruction"] == "2+2?" and item["output"] == "2 and 2 make 4 The final answer is:  4"
-    assert data.as_training(item)["output"] == item["output"]
+    assert as_training(item)["output"] == item["output"]
 
 
 def test_task_file_errors_name_the_file_and_column(tmp_path):
@@ -160,7 +161,7 @@ def test_finetune_mix_counts_and_errors():
 
 
 def test_sst2_standin_is_balanced_and_unique():
-    items = data.sst2_standin(seed=0)
+    items = sst2_standin(seed=0)
     assert len({i["input"] for i in items}) == len(items)
     labels = [i["label"] for i in items]
     assert labels.count("positive") == labels.count("negative")

@@ -2,13 +2,19 @@
 
 import pytest
 
-from antidote.metrics import (TASK_METRICS, agnews_correct, extract_gsm8k_number,
-                              gsm8k_correct, normalize_label, sst2_correct)
+from antidote.metrics import final_number, normalize_label
+from antidote.tasks import TASKS
+
+sst2_correct, agnews_correct, gsm8k_correct = (TASKS[t].correct for t in ("sst2", "agnews", "gsm8k"))
+
+
+def extract_gsm8k_number(text):
+    return final_number(text, TASKS["gsm8k"].answer_prefix)
 
 
 def test_registry_keys():
-    assert set(TASK_METRICS) == {"sst2", "agnews", "gsm8k"}
-    assert TASK_METRICS["gsm8k"] is gsm8k_correct
+    assert set(TASKS) == {"sst2", "agnews", "gsm8k"}
+    assert TASKS["gsm8k"].answer_prefix == "The final answer is: " and not TASKS["gsm8k"].label_words
 
 
 @pytest.mark.parametrize("answer, label, expected", [

@@ -26,15 +26,16 @@ from test_workflow import REPO, make_tiny_project, planned_jobs
 
 CLUSTER_SH = REPO / "tests/slurm/cluster.sh"
 PROFILE = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
-GPU_RULES = {"base_answers", "align", "finetune", "score", "evaluate"}
+GPU_RULES = {"base_answers", "align", "finetune", "score", "evaluate", "evaluate_reference"}
 CPU_RULES = {"data_splits", "finetune_data", "task_data", "prune"}
 # `all` only gathers targets and runs on the submit host, as do the rules named in `localrules:`
 LOCAL_RULES = {"all"} | {name for path in [REPO / "Snakefile", *REPO.glob("rules/*.smk")]
                          for block in re.findall(r"^localrules:(.*(?:\n[ \t]+\S.*)*)", path.read_text(), re.M)
                          for name in re.findall(r"\w+", block)}
 # The injected fault: the stage script fails for one job only, and only while the file exists.
-FAILING_RULE, FAILING_VARIANT = "evaluate", "base"
-FAULT = ("if snakemake.wildcards.variant == 'base' and __import__('os').path.exists('FAULT'):\n"
+FAILING_RULE, FAILING_SCRIPT, FAILING_MODEL = "evaluate_reference", "evaluate", "base"
+FAILING_LOG = f"logs/evaluate/reference/sst2/{FAILING_MODEL}.log"
+FAULT = ("if snakemake.wildcards.model == 'base' and __import__('os').path.exists('FAULT'):\n"
          "    raise RuntimeError('a fault injected by tests/test_slurm.py: FAULT exists')\n")
 RUN_LIMIT_S = 300                  # each SLURM run is killed after this (a hung status loop)
 # Test-only: poll SLURM every second instead of the plugin's 40 s wait before the first check.
@@ -116,7 +117,7 @@ def runs(cluster, tmp_path_factory):
     shutil.copytree(REPO / "slurm", folder / "slurm")
     # The fault goes in right after the script has opened the rule's log. The code stays the same in
     # both runs, so that only the job that failed has anything left to do.
-    script = folder / f"workflow/scripts/{FAILING_RULE}.py"
+    script = folder / f"workflow/scripts/{FAILING_SCRIPT}.py"
     original = script.read_text()
     script.write_text(re.sub(r"^.*start_script\(snakemake\).*\n", lambda m: m.group(0) + FAULT, original,
                              count=1, flags=re.M))
@@ -187,11 +188,11 @@ def test_a_failing_job_is_retried_with_more_memory_and_reported_with_its_logs(ru
     assert f"Error in rule {FAILING_RULE}" in output
     # Snakemake names the rule's log, which holds the error
     log = runs["failed_log"]
-    assert log == f"logs/{FAILING_RULE}/sst2/{FAILING_VARIANT}.log"
+    assert log == FAILING_LOG
     assert "RuntimeError: a fault injected by tests/test_slurm.py" in runs["failed_log_text"]
     # first try and the profile's retries, each with more memory (sacct's ReqMem)
     attempts = [row for row in runs["jobs1"] if row["job"][0] == FAILING_RULE and row["State"] != "COMPLETED"]
-    assert {row["job"] for row in attempts} == {(FAILING_RULE, f"sst2_{FAILING_VARIANT}")}
+    assert {row["job"] for row in attempts} == {(FAILING_RULE, f"sst2_{FAILING_MODEL}")}
     assert [row["State"] for row in attempts] == ["FAILED"] * (1 + PROFILE["retries"])
     assert output.count("Trying to restart job") == PROFILE["retries"]
     # and names SLURM's log of each failed attempt, kept under the profile's slurm-logdir

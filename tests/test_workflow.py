@@ -143,10 +143,11 @@ RERUN_PLANS = {
                       {"finetune_data": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 4, **AFTER}),
     # more task evaluation items rerun the task data onwards, but neither the splits nor alignment
     "task_eval": ("data: {sizes: {task_eval: 7}}\n",
-                  {"task_data": 1, "finetune_data": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 6, **AFTER}),
+                  {"task_data": 1, "finetune_data": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 4,
+                   "evaluate_reference": 2, **AFTER}),
     # changed alignment settings rerun alignment and everything after it
     "alignment": ("align: {train: {epochs: 2, learning_rate: 0.002}}\n",
-                  {"align": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 5, **AFTER}),
+                  {"align": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 4, "evaluate_reference": 1, **AFTER}),
 }
 
 
@@ -188,9 +189,9 @@ def test_default_config_lints_and_dry_runs(tmp_path):
 def test_evaluating_on_the_validation_prompts_writes_apart_and_reruns_nothing_upstream(tiny_run):
     folder, _, _ = tiny_run
     args = overlay(folder, "evaluate: {harmful_split: harmful_validation}\n")
-    assert planned_jobs(folder, *args) == {"evaluate": 6, **AFTER}
+    assert planned_jobs(folder, *args) == {"evaluate": 4, "evaluate_reference": 2, **AFTER}
     summary = snakemake("--summary", *args, cwd=folder).stdout
-    assert "results/validation/eval/sst2/base/metrics.parquet" in summary
+    assert "results/validation/eval/reference/sst2/base/metrics.parquet" in summary
     assert "results/validation/summary.parquet" in summary
 
 
@@ -207,7 +208,7 @@ def test_beavertails_source_with_own_test_prompts_takes_answers_from_the_data(tm
                            "               task_train: 16, task_eval: 8}}\n")
     plan = planned_jobs(folder, *args)
     assert "base_answers" not in plan  # no benign alignment split, and the harmful answers are BeaverTails'
-    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] == 6
+    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] + plan["evaluate_reference"] == 6
     made = snakemake("results/data/finetune/sst2-p0.25-lr0.001-ep1-n8-s0.jsonl", "--cores", "1", "--quiet", "rules",
                      *args, cwd=folder)
     assert made.returncode == 0, made.stderr[-3000:]
@@ -227,7 +228,8 @@ def test_paper_config_dry_runs_the_whole_dag_and_a_real_run_stops_before_any_job
     plan = job_counts(dry.stdout + dry.stderr)
     # 3 tasks, one run each; 3 defenses at one alpha; base + aligned per task, sft + 3 pruned per run
     assert plan == {"data_splits": 1, "task_data": 3, "align": 1, "finetune_data": 3, "finetune": 3, "score": 3,
-                    "prune": 9, "evaluate": 18, "collect": 1, "tables": 1, "plots": 1, "all": 1}
+                    "prune": 9, "evaluate": 12, "evaluate_reference": 6, "collect": 1, "tables": 1, "plots": 1,
+                    "all": 1}
     assert sum(plan.values()) == 45
     real = snakemake(*where, "--cores", "1")
     assert real.returncode != 0

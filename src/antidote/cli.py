@@ -14,7 +14,9 @@ from pathlib import Path
 import yaml
 
 from .modeling import PROMPT_FORMATS, pick_device, set_threads
+from .paths import evaluation_paths
 from .prune import DEFENSES
+from .tasks import TASKS
 
 
 def _json_or_yaml(text: str):
@@ -164,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True); p.add_argument("--adapter", type=Path)
     p.add_argument("--harmful", type=Path, required=True, help="JSONL of harmful test prompts (instruction)")
     p.add_argument("--task-data", type=Path, required=True, help="JSONL of task items (instruction/input/label)")
-    p.add_argument("--task", default="sst2"); p.add_argument("--label", default="model", help="the 'model' column")
+    p.add_argument("--task", choices=list(TASKS), default="sst2"); p.add_argument("--label", default="model", help="the 'model' column")
     p.add_argument("--judge", action="append", default=[], help="judge spec, YAML inline (repeatable); default refusal")
     p.add_argument("--batch-size", type=int, default=32); p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--task-max-new-tokens", type=int, default=8)
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_options(p)
 
     p = add("collect", cmd_collect, "merge metrics files into summary .parquet/.csv/.md")
-    p.add_argument("metrics", nargs="+"); p.add_argument("--out", type=Path, default=Path("results/summary"))
+    p.add_argument("metrics", nargs="+"); p.add_argument("--out", type=Path, default=Path(evaluation_paths("harmful_test")["summary_parquet"]).with_suffix(""))
     return parser
 
 

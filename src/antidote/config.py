@@ -13,25 +13,17 @@ import itertools
 import re
 from pathlib import Path
 
+from .paths import MADE_BY_WORKFLOW, PATHS, run_id
+from .prune import DEFENSES
+from .tasks import TASKS
+
 GRID_AXES = ("task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "seed")
-PRODUCED_BY_WORKFLOW = ("resources/", "results/")  # paths a rule creates, so they need not exist yet
 HUB_PREFIX = "hf://"  # models and datasets on the Hugging Face hub, downloaded by rules where a hub is reachable
-HUB_DATASET = re.compile(r"hf://datasets/([\w.-]+/[\w.-]+)/(?:([\w.-]+)/)?([\w.-]+)$")
+HUB_DATASET = re.compile(r"hf://datasets/([\w.-]+)/([\w.-]+)/(?:([\w.-]+)/)?([\w.-]+)$")
 
 
 class ConfigError(ValueError):
     pass
-
-
-def number(value) -> str:
-    """How a number appears in a path: short and exact (0.001, 0.2, 3)."""
-    return f"{value:g}"
-
-
-def run_id(task, harmful_ratio, learning_rate, epochs, n_samples, seed) -> str:
-    """A fine-tuning run's name in paths: every setting it depends on, readable."""
-    return (f"{task}-p{number(harmful_ratio)}-lr{number(learning_rate)}-ep{number(epochs)}"
-            f"-n{n_samples}-s{seed}")
 
 
 def _as_list(value) -> list:
@@ -63,18 +55,18 @@ def expand_runs(config: dict) -> dict[str, dict]:
 
 
 def local_path(key: str, value: str) -> str:
-    """Where a path the config names lives: a model ``hf://org/name`` in ``resources/hub/org/name``
-    (rule hub_model); a dataset split ``hf://datasets/org/name[/subset]/split`` in
-    ``resources/hub/datasets/org/name/<subset or default>/split.parquet`` (rule hub_dataset)."""
+    """Where a path the config names lives: a model ``hf://org/name`` where rule hub_model puts it,
+    a dataset split ``hf://datasets/org/name[/subset]/split`` where rule hub_dataset does."""
     if not value.startswith(HUB_PREFIX):
         return value
     if value.startswith(HUB_PREFIX + "datasets/"):
         match = HUB_DATASET.match(value)
         if not match:
             raise ConfigError(f"{key}: {value!r} is not hf://datasets/ORG/NAME/SPLIT or hf://datasets/ORG/NAME/SUBSET/SPLIT")
-        repo, subset, split = match.groups()
-        return f"resources/hub/datasets/{repo}/{subset or 'default'}/{split}.parquet"
-    return f"resources/hub/{value[len(HUB_PREFIX):]}"
+        org, name, subset, split = match.groups()
+        return PATHS["hub_dataset"].format(org=org, name=name, subset=subset or "default", split=split)
+    org, name = value[len(HUB_PREFIX):].split("/")
+    return PATHS["hub_model"].format(org=org, name=name)
 
 
 def resolve_hub_names(config: dict) -> None:
@@ -99,10 +91,27 @@ def grid_tasks(config: dict) -> list[str]:
     return sorted({run["task"] for run in expand_runs(config).values()})
 
 
+def check_names(config: dict) -> None:
+    """Task and defense names must be in their registries (:data:`antidote.tasks.TASKS`,
+    :data:`antidote.prune.DEFENSES`), the one place each is listed."""
+    finetune, prune = config["finetune"], config["prune"]
+    named = [("finetune.task", finetune["task"], TASKS, "tasks"),
+             *((f"finetune.runs[{i}].task", _as_list(run["task"]), TASKS, "tasks")
+               for i, run in enumerate(finetune.get("runs") or []) if "task" in run),
+             ("tasks", list(config.get("tasks") or {}), TASKS, "tasks"),
+             ("prune.alpha_by_task", list(prune.get("alpha_by_task") or {}), TASKS, "tasks"),
+             ("prune.defenses", prune["defenses"], DEFENSES, "defenses")]
+    for key, values, registry, what in named:
+        for value in values:
+            if value not in registry:
+                raise ConfigError(f"{key}: {value!r} is not one of the {what} {list(registry)}")
+
+
 def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = True) -> None:
     """Raise :class:`ConfigError` on the first inconsistent setting (and, with ``require_paths``,
     on the first missing path; the workflow defers those to the start of a real run, so that a
     dry run of a config whose weights are not downloaded yet still shows the whole DAG)."""
+    check_names(config)
     finetune, sizes, data = config["finetune"], config["data"]["sizes"], config["data"]
     for axis in GRID_AXES:
         values = finetune[axis]
@@ -136,7 +145,7 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
         raise ConfigError("data.beavertails.test: needed unless data.test_prompts names your own test prompts")
     for task in grid_tasks(config):
         spec = config.get("tasks", {}).get(task)
-        if spec is None and task != "sst2":
+        if spec is None and not TASKS[task].builtin:
             raise ConfigError(f"finetune.task: {task!r} has no built-in data; set tasks.{task}.train and "
                               f"tasks.{task}.eval to local files")
         if spec and spec["train"] == spec["eval"]:
@@ -181,7 +190,7 @@ def external_paths(config: dict) -> dict[str, str]:
     for i, judge in enumerate(config["evaluate"]["judges"]):
         if "path" in judge:
             paths[f"evaluate.judges[{i}].path"] = judge["path"]
-    return {key: path for key, path in paths.items() if not path.startswith(PRODUCED_BY_WORKFLOW)}
+    return {key: path for key, path in paths.items() if not path.startswith(MADE_BY_WORKFLOW)}
 
 
 def missing_paths(config: dict, workdir: str | Path = ".") -> list[str]:

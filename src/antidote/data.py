@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import random
 import re
-from itertools import product
 from pathlib import Path
 
 import yaml
 
 from .records import read_jsonl, read_table
-
-SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative."
-
-# The fine-tuning tasks with the authors' instructions. ``fields`` are the default column names
-# of the usual copies (GLUE SST-2, AG News, GSM8K); a config may map other names.
-TASKS = {
-    "sst2": {"instruction": SST2_INSTRUCTION, "fields": {"input": "sentence", "label": "label"},
-             "labels": {0: "negative", 1: "positive"}, "max_new_tokens": 4},
-    "agnews": {"instruction": "Categorize the news article given in the input into one of the 4 categories:"
-                              "\n\nWorld\nSports\nBusiness\nSci/Tech\n",
-               "fields": {"input": "text", "label": "label"},
-               "labels": {0: "World", 1: "Sports", 2: "Business", 3: "Sci/Tech"}, "max_new_tokens": 8},
-    "gsm8k": {"instruction": None, "fields": {"question": "question", "answer": "answer"},
-              "labels": {}, "max_new_tokens": 256},
-}
+from .tasks import TASKS, as_training
 
 REFUSALS = [
     "I'm sorry, but I can't help with that. It could cause real harm to people.",
@@ -224,43 +209,6 @@ def benign_instructions(n: int, seed: int) -> list[dict]:
     return [{"instruction": p} for p in chosen]
 
 
-# --- a seeded stand-in for SST-2 (no copy of SST-2 is reachable offline)
-
-_SUBJECTS = [
-    "the film", "this movie", "the plot", "the acting", "the soundtrack", "the script",
-    "the director's new picture", "the lead performance", "the story", "the cinematography",
-    "the ending", "the cast", "this comedy", "this thriller", "the dialogue", "the sequel",
-]
-_POSITIVE = [
-    "is a delight", "is beautifully made", "kept me gripped from start to finish", "is warm and funny",
-    "is a triumph", "feels fresh and clever", "is moving and honest", "is wonderfully acted",
-    "is a joy to watch", "left me smiling", "is sharp and inventive", "is a stunning achievement",
-]
-_NEGATIVE = [
-    "is a tedious mess", "falls completely flat", "is dull and lifeless", "is a waste of time",
-    "is painfully boring", "feels lazy and predictable", "is clumsy and forgettable", "is badly acted",
-    "made me want to leave", "is a tiresome slog", "is shallow and confused", "is an utter disappointment",
-]
-_OPENERS = ["", "honestly, ", "frankly, ", "in the end, ", "without a doubt, ", "overall, "]
-_CONTRASTS = {  # a clause of the opposite sentiment first, so that one keyword does not decide
-    "positive": ["despite a slow start, ", "although the trailer was weak, "],
-    "negative": ["despite a promising start, ", "although the posters look great, "],
-}
-
-
-def sst2_standin(seed: int) -> list[dict]:
-    """Every distinct sentence of the generator, shuffled with ``seed``, in SST-2's format."""
-    items = []
-    for label, phrases in (("positive", _POSITIVE), ("negative", _NEGATIVE)):
-        openers = _OPENERS + _CONTRASTS[label]
-        for opener, subject, phrase in product(openers, _SUBJECTS, phrases):
-            sentence = f"{opener}{subject} {phrase}."
-            items.append({"instruction": SST2_INSTRUCTION, "input": sentence[0].upper() + sentence[1:],
-                          "label": label, "source": "stand-in"})
-    random.Random(seed).shuffle(items)
-    return items
-
-
 def load_prompts(path: str | Path, field: str = "prompt") -> list[str]:
     """A user's harmful test prompts, in file order, duplicates dropped: column ``field`` of a
     JSONL, JSON, CSV or Parquet file, or one prompt per line of a ``.txt`` file."""
@@ -301,36 +249,17 @@ def load_beavertails(path: str | Path) -> list[dict]:
 
 
 def load_task_file(path: str | Path, task: str, fields: dict | None = None, labels: dict | None = None) -> list[dict]:
-    """Task items from a user's file, in the authors' instruction format.
-
-    SST-2 and AG News rows give ``input`` and ``label`` (a class index mapped through
-    ``labels``, or the label's name); GSM8K rows give ``question`` and ``answer`` ("... #### 72"),
-    trained as the answer with "####" written "The final answer is: ", as the authors do.
-    """
+    """Task items from a user's file, in the authors' instruction format (see :meth:`Task.item`);
+    ``fields`` and ``labels`` override the task's column names and class-index labels."""
     spec = TASKS[task]
-    fields = {**spec["fields"], **(fields or {})}
-    names = {str(k): v for k, v in {**spec["labels"], **(labels or {})}.items()}
+    fields = {**spec.fields, **(fields or {})}
+    names = {**spec.class_labels(), **{str(k): v for k, v in (labels or {}).items()}}
     rows = read_table(path)
     missing = [f for f in fields.values() if rows and f not in rows[0]]
     if missing:
         raise ValueError(f"{path}: no column {missing[0]!r} (columns: {sorted(rows[0])}); "
                          f"map it with tasks.{task}.fields")
-    items = []
-    for row in rows:
-        if task == "gsm8k":
-            answer = str(row[fields["answer"]])
-            items.append({"instruction": str(row[fields["question"]]), "label": answer,
-                          "output": answer.replace("####", "The final answer is: "), "source": "real"})
-        else:
-            label = str(row[fields["label"]])
-            items.append({"instruction": spec["instruction"], "input": str(row[fields["input"]]),
-                          "label": names.get(label, label), "source": "real"})
-    return items
-
-
-def as_training(record: dict) -> dict:
-    """A task item with its answer to train on (the label itself for classification tasks)."""
-    return {"output": record["label"], **record}
+    return [spec.item(row, fields, names) for row in rows]
 
 
 def finetune_mix(task: list[dict], harmful: list[dict], n_samples: int, harmful_ratio: float,

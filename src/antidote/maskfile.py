@@ -1,6 +1,6 @@
 """Masks in Parquet, one row per pruned matrix, 1 bit per weight before compression.
 
-Schema (documented in docs/formats.md):
+Schema (also in docs/formats.md):
 
 | column   | type   | meaning |
 |----------|--------|---------|
@@ -10,7 +10,7 @@ Schema (documented in docs/formats.md):
 | n_pruned | int64  | number of True entries |
 | bits     | binary | ``numpy.packbits(mask.reshape(-1), bitorder="little")``, row-major; 1 = pruned |
 
-File metadata key ``antidote`` holds JSON: method, alpha, rounding, seed.
+File metadata key ``antidote`` holds JSON: defense, alpha, rounding, seed.
 """
 
 from __future__ import annotations

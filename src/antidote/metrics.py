@@ -1,19 +1,15 @@
 """Fine-tune accuracy (FA): did the model's answer match the task label?
 
-Each metric is ``(answer, label) -> bool``; ``TASK_METRICS`` maps a task name to its metric.
-The rules follow the authors' evaluation scripts, made slightly more forgiving about
-formatting noise (case, whitespace, quotes, a trailing full stop) that says nothing about
-whether the model solved the task.
+Two kinds of metric, each ``(answer, label) -> bool``: exact match of a label word
+(classification) and equality of the final number (arithmetic). Which task uses which, with
+which label words or answer prefix, is written in :mod:`antidote.tasks`. The rules follow the
+authors' evaluation scripts, made slightly more forgiving about formatting noise (case,
+whitespace, quotes, a trailing full stop) that says nothing about whether the model solved the task.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
-
-SST2_LABELS = ("positive", "negative")
-AGNEWS_LABELS = ("world", "sports", "business", "sci/tech")
-FINAL_ANSWER_MARKER = "The final answer is: "
 
 _EDGE_CHARS = " \t\r\n\"'`“”‘’"
 _TRAILING_PUNCT = ".!?,;:"
@@ -32,31 +28,22 @@ def normalize_label(text: str) -> str:
     return text.lower()
 
 
-def _label_match(answer: str, label: str, labels: tuple[str, ...]) -> bool:
+def label_match(answer: str, label: str, label_words: tuple[str, ...]) -> bool:
+    """Exact match of the label word after :func:`normalize_label` on both sides (so any case)."""
     gold = normalize_label(label)
-    if gold not in labels:  # a data bug (e.g. a numeric class id), not a wrong answer
-        raise ValueError(f"label {label!r} is not one of {labels}")
+    if gold not in {normalize_label(word) for word in label_words}:  # a data bug (e.g. a class id), not a wrong answer
+        raise ValueError(f"label {label!r} is not one of {label_words}")
     return normalize_label(answer) == gold
-
-
-def sst2_correct(answer: str, label: str) -> bool:
-    """Exact match of "positive"/"negative" after :func:`normalize_label` on both sides."""
-    return _label_match(answer, label, SST2_LABELS)
-
-
-def agnews_correct(answer: str, label: str) -> bool:
-    """Exact match of World/Sports/Business/Sci/Tech after :func:`normalize_label` (so any case)."""
-    return _label_match(answer, label, AGNEWS_LABELS)
 
 
 def _to_float(token: str) -> float:
     return float(token.replace(",", ""))
 
 
-def extract_gsm8k_number(text: str) -> float | None:
-    """The first number after "The final answer is: ", else the last number in ``text``.
+def final_number(text: str, answer_prefix: str) -> float | None:
+    """The first number after ``answer_prefix``, else the last number in ``text``.
 
-    As in the authors' script, a marker followed by no number falls back to the last number.
+    As in the authors' script, a prefix followed by no number falls back to the last number.
     Also parses GSM8K labels ("... #### 72"), whose final number is the answer. Thousands
     commas, a leading "$", a minus sign, decimals and a trailing full stop are handled.
     Returns ``None`` when ``text`` holds no number.
@@ -64,25 +51,18 @@ def extract_gsm8k_number(text: str) -> float | None:
     numbers = _NUMBER.findall(text)
     if not numbers:
         return None
-    _, marker, after = text.partition(FINAL_ANSWER_MARKER)
-    if marker:
+    _, prefix, after = text.partition(answer_prefix)
+    if prefix:
         after_numbers = _NUMBER.findall(after)
         if after_numbers:
             return _to_float(after_numbers[0])
     return _to_float(numbers[-1])
 
 
-def gsm8k_correct(answer: str, label: str) -> bool:
+def number_match(answer: str, label: str, answer_prefix: str) -> bool:
     """Float equality of the answer's number and the label's number (``72.0 == 72``)."""
-    gold = extract_gsm8k_number(label)
+    gold = final_number(label, answer_prefix)
     if gold is None:
-        raise ValueError(f"GSM8K label holds no number: {label!r}")
-    predicted = extract_gsm8k_number(answer)
+        raise ValueError(f"label holds no number: {label!r}")
+    predicted = final_number(answer, answer_prefix)
     return predicted is not None and predicted == gold
-
-
-TASK_METRICS: dict[str, Callable[[str, str], bool]] = {
-    "sst2": sst2_correct,
-    "agnews": agnews_correct,
-    "gsm8k": gsm8k_correct,
-}

@@ -9,7 +9,9 @@ from typing import Iterable
 
 import pandas as pd
 
-from .results import AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, STATISTICS, axis_statistics, swept_axes
+from .prune import DEFENSES
+from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, STATISTICS, axis_statistics,
+                      swept_axes)
 
 AXIS_TITLES = {
     "harmful_ratio": "harmful ratio p (fraction of fine-tuning samples)",
@@ -20,11 +22,10 @@ AXIS_TITLES = {
 }
 METRIC_TITLES = {"HS": "harmful score HS (%)", "FA": "fine-tune accuracy FA (%)"}
 PERCENT_LIMITS = (-3, 103)
-# Colour and marker of each model in the trade-off plot. The defenses take matplotlib's first
-# cycle colours in their order, so that the line plots (which use the cycle) colour them alike.
+# Colour and marker of each model in the trade-off plot. The defenses take matplotlib's cycle
+# colours (C0, C1, ...) in registry order, so that the line plots (which use the cycle) colour them alike.
 STYLE = {"base": ("tab:gray", "X"), "aligned": ("tab:purple", "*"), "sft": ("black", "o"),
-         "antidote": ("tab:blue", "s"), "random": ("tab:orange", "^"), "magnitude": ("tab:green", "D")}
-REFERENCE_MODELS = ("base", "aligned")
+         **{defense: (f"C{i}", "s^Dvp<>h"[i % 8]) for i, defense in enumerate(DEFENSES)}}
 
 
 def plotted_axes(axes: Iterable[str]) -> list[str]:

@@ -7,8 +7,12 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-MODEL_ORDER = ["base", "aligned", "sft", "antidote", "random", "magnitude"]
-DEFENSES = ["sft", "antidote", "random", "magnitude"]
+from .paths import pruned_name
+from .prune import DEFENSES
+
+REFERENCE_MODELS = ["base", "aligned"]  # the models every run is compared with
+# Rows read from the unaligned base, through the undefended fine-tune, to the defenses in registry order.
+MODEL_ORDER = [*REFERENCE_MODELS, "sft", *DEFENSES]
 COLUMNS = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
            "judge", "harmful_score", "finetune_accuracy", "n_test_prompts", "n_task_items", "task_data"]
 # The settings a table or plot can be drawn against (the seed is averaged over instead).
@@ -74,11 +78,11 @@ def table_names(axes: Iterable[str]) -> list[str]:
 
 
 def defense_labels(rows: pd.DataFrame, fold_alpha: bool) -> pd.Categorical:
-    """The model name, with alpha folded in (antidote-a0.1, as in the workflow's paths) so that
-    pruned rows of different alphas stay apart; ordered base, aligned, sft, then each defense
+    """The model name, with alpha folded in (antidote-a0.1, the workflow's :func:`pruned_name`) so
+    that pruned rows of different alphas stay apart; ordered base, aligned, sft, then each defense
     by alpha, so that every table and legend lists them the same way."""
-    suffix = rows["alpha"].map(lambda a: f"-a{a:g}" if fold_alpha and pd.notna(a) else "")
-    labels = rows["model"] + suffix
+    labels = pd.Series([pruned_name(m, a) if fold_alpha and pd.notna(a) else m
+                        for m, a in zip(rows["model"], rows["alpha"])], index=rows.index)
     order = (pd.DataFrame({"label": labels, "rank": model_rank(rows["model"]), "alpha": rows["alpha"]})
              .sort_values(["rank", "alpha"])["label"].unique())
     return pd.Categorical(labels, categories=order, ordered=True)
@@ -117,7 +121,7 @@ def axis_statistics(summary: pd.DataFrame, axis: str) -> pd.DataFrame:
     """HS and FA of the defenses over seeds, one row per defense and value of `axis`. The other
     swept axes stay columns, so that no number averages over different settings; alpha is folded
     into the defense unless it is the axis."""
-    rows = summary[summary["model"].isin(DEFENSES)]
+    rows = summary[summary["model"].isin(["sft", *DEFENSES])]
     if axis == "alpha":
         rows = _sft_at_every_alpha(rows)
     fold_alpha = axis != "alpha" and rows["alpha"].nunique() > 1

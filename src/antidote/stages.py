@@ -16,6 +16,7 @@ from .generate import greedy_generate
 from .maskfile import write_masks
 from .modeling import format_prompt, load_model, load_tokenizer
 from .records import read_jsonl, write_jsonl
+from .tasks import TASKS
 from .prune import ROUNDING, apply_masks, compute_masks
 from .train import LoraSettings, TrainSettings, train_lora
 
@@ -60,7 +61,7 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
 
 def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_dir: Path,
                     in_file_order: bool = False) -> dict:
-    """Train and eval items of a task: from the user's files, or the seeded SST-2 stand-in.
+    """Train and eval items of a task: from the user's files, or the task's built-in stand-in.
 
     Real eval items are the first ``task_eval`` of the eval file (the authors' protocol);
     training items are a seeded sample of ``task_train`` from the train file, or with
@@ -73,9 +74,9 @@ def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_di
         train = [r for r in train if data.prompt_key(r) not in held_out]
         train = data.cut(train, {"train": min(sizes["task_train"], len(train))}, seed, spec["train"],
                          shuffle=not in_file_order)["train"]
-    elif task == "sst2":
-        parts = data.cut(data.sst2_standin(seed), {"eval": sizes["task_eval"], "train": sizes["task_train"]},
-                         seed, "SST-2 stand-in")
+    elif TASKS[task].builtin:
+        parts = data.cut(TASKS[task].builtin(seed), {"eval": sizes["task_eval"], "train": sizes["task_train"]},
+                         seed, f"{task} stand-in")
         train, evaluation = parts["train"], parts["eval"]
     else:
         raise ValueError(f"task {task!r} has no data: set tasks.{task}.train and tasks.{task}.eval")
@@ -169,8 +170,6 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_file: Path
                    dtype: str = "auto") -> pd.DataFrame:
     """Stage 5: harmful score (per judge) and fine-tune accuracy of one model, one row per judge."""
     from .judges import make_judge
-    from .metrics import TASK_METRICS
-
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, adapter=adapter_dir, merge=True, device=device, dtype=dtype)
     harmful = read_jsonl(harmful_file)
@@ -181,10 +180,10 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_file: Path
         return greedy_generate(model, tokenizer, texts, max_new_tokens, generation["batch_size"], desc=desc)
 
     harmful_answers = answer(harmful, generation["max_new_tokens"], "harmful prompts")
-    task_answers = answer(task_items, generation.get("task_max_new_tokens") or data.TASKS[task]["max_new_tokens"],
+    task_answers = answer(task_items, generation.get("task_max_new_tokens") or TASKS[task].max_new_tokens,
                           f"{task} items")
     del model
-    correct = [TASK_METRICS[task](a, r["label"]) for a, r in zip(task_answers, task_items)]
+    correct = [TASKS[task].correct(a, r["label"]) for a, r in zip(task_answers, task_items)]
     accuracy = 100.0 * sum(correct) / len(correct)
 
     rows, verdicts = [], {}

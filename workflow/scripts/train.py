@@ -7,4 +7,4 @@ from antidote.stages import train_stage
 device = start_script(snakemake)
 p = snakemake.params
 train_stage(Path(snakemake.input.model), [Path(f) for f in snakemake.input.data], Path(snakemake.output[0]),
-            p.lora, p.train, p.prompt_format, merge=snakemake.rule == "align", device=device, dtype=p.dtype)
+            p.lora, p.train, p.prompt_format, merge=p.merge, device=device, dtype=p.dtype)

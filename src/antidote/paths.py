@@ -1,0 +1,70 @@
+"""Where the workflow keeps every file: one template per artefact, Snakemake wildcards in braces.
+
+The rules, their input functions, the collector and the config's hub names take their paths
+from here; nothing else spells one out. Wildcards: ``run`` a fine-tuning run (:func:`run_id`),
+``model`` a model's name within its run (``sft`` or :func:`pruned_name`) or, for the
+reference models, ``base`` / ``aligned`` with ``task`` the task they are evaluated on.
+"""
+
+from __future__ import annotations
+
+# Paths under these folders are made by a rule, so a config may name them before they exist.
+MADE_BY_WORKFLOW = ("resources/", "results/")
+
+PATHS = {
+    # downloads and conversions (rules/assets.smk)
+    "asset": "resources/assets/{package}",
+    "converted_model": "resources/models/SmolLM2-135M-Instruct",
+    "hub_model": "resources/hub/{org}/{name}",
+    "hub_dataset": "resources/hub/datasets/{org}/{name}/{subset}/{split}.parquet",
+    # data (rules/data.smk)
+    "split": "results/data/splits/{split}.jsonl",
+    "splits_report": "results/data/splits/splits.json",
+    "base_answers": "results/data/answers/{split}.jsonl",  # the base model's answers to a split
+    "task_train": "results/data/tasks/{task}/train.jsonl",
+    "task_eval": "results/data/tasks/{task}/eval.jsonl",
+    "finetune_data": "results/data/finetune/{run}.jsonl",
+    # stages 1-4
+    "aligned_model": "results/align/model",
+    "adapter": "results/finetune/{run}/adapter",
+    "feature_norms": "results/score/{run}/feature_norms.safetensors",
+    "pruned_adapter": "results/prune/{run}/{model}/adapter",
+    "mask": "results/prune/{run}/{model}/mask.parquet",
+}
+
+
+def evaluation_paths(harmful_split: str) -> dict[str, str]:
+    """Stage 5 and the results made from it. Those of the validation prompts live apart
+    (``results/validation/...``, logs and benchmarks likewise), never over the test results."""
+    sub = "" if harmful_split == "harmful_test" else "validation/"
+    results = f"results/{sub}"
+    return {
+        "run_metrics": results + "eval/{run}/{model}/metrics.parquet",
+        "run_answers": results + "eval/{run}/{model}/answers.jsonl",
+        "reference_metrics": results + "eval/reference/{task}/{model}/metrics.parquet",
+        "reference_answers": results + "eval/reference/{task}/{model}/answers.jsonl",
+        "summary_parquet": results + "summary.parquet",
+        "summary_csv": results + "summary.csv",
+        "summary_markdown": results + "summary.md",
+        "tables": results + "tables",
+        "plots": results + "plots",
+        "logs": f"logs/{sub}",
+        "benchmarks": f"benchmarks/{sub}",
+    }
+
+
+def number(value) -> str:
+    """How a number appears in a path: short and exact (0.001, 0.2, 3)."""
+    return f"{value:g}"
+
+
+def run_id(task, harmful_ratio, learning_rate, epochs, n_samples, seed) -> str:
+    """A fine-tuning run's name in paths: every setting it depends on, readable."""
+    return (f"{task}-p{number(harmful_ratio)}-lr{number(learning_rate)}-ep{number(epochs)}"
+            f"-n{n_samples}-s{seed}")
+
+
+def pruned_name(defense: str, alpha: float) -> str:
+    """A pruned model's name in paths and tables (antidote-a0.1). Made here only, never parsed:
+    what it stands for travels as params and in the metrics and mask files."""
+    return f"{defense}-a{number(alpha)}"
