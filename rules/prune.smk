@@ -7,6 +7,7 @@ rule prune:
         mask="results/prune/{run}/{defense}-a{alpha}/mask.parquet",
     params:
         seed=config["prune"]["seed"],
+        random_scope=config["prune"]["random_scope"],
     log:
         "logs/prune/{run}/{defense}-a{alpha}.log",
     conda:

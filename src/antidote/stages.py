@@ -16,7 +16,7 @@ from .generate import greedy_generate
 from .maskfile import write_masks
 from .modeling import format_prompt, load_model, load_tokenizer
 from .records import read_jsonl, write_jsonl
-from .prune import ROUNDING, apply_masks, compute_masks
+from .prune import ROUNDING, apply_masks, compute_masks, mask_scope
 from .train import LoraSettings, TrainSettings, train_lora
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -147,16 +147,18 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
 
 
 def prune_stage(adapter_dir: Path, feature_norms_file: Path | None, defense: str, alpha: float, seed: int,
-                out_adapter: Path, out_mask: Path) -> dict:
+                out_adapter: Path, out_mask: Path, random_scope: str = "tensor") -> dict:
     """Stage 4: masks from the adapter's weights (and, for a data-aware defense, the calibration
-    feature norms of stage 3), a pruned PEFT adapter beside them."""
+    feature norms of stage 3), a pruned PEFT adapter beside them. ``random_scope`` (``tensor``
+    or ``row``) says where random pruning draws its entries."""
     weights = load_file(adapter_dir / ADAPTER_WEIGHTS)
     feature_norms = load_file(feature_norms_file) if feature_norms_file else None
-    masks = compute_masks(weights, feature_norms, defense, alpha, seed)
+    masks = compute_masks(weights, feature_norms, defense, alpha, seed, random_scope)
     out_adapter.mkdir(parents=True, exist_ok=True)
     save_file(apply_masks(weights, masks), out_adapter / ADAPTER_WEIGHTS)
     shutil.copy(adapter_dir / "adapter_config.json", out_adapter / "adapter_config.json")
-    info = {"defense": defense, "alpha": alpha, "rounding": ROUNDING, "seed": seed}
+    info = {"defense": defense, "alpha": alpha, "scope": mask_scope(defense, random_scope), "rounding": ROUNDING,
+            "seed": seed}
     write_masks(out_mask, masks, info)
     pruned = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
