@@ -37,6 +37,29 @@ def format_prompt(tokenizer, instruction: str, input_text: str = "", style: str 
     raise ValueError(f"unknown prompt_format {style!r}; expected one of {PROMPT_FORMATS}")
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer's own calls put its BOS first (Llama's ``<s>``): the way the model
+    saw every text in training. Read from what it does, not from flags that differ by class."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def encode_prompt(tokenizer, text: str, prompt_format: str) -> list[int]:
+    """Token ids of a text that :func:`format_prompt` begins (a prompt, or prompt + answer),
+    with the model's BOS exactly where its own format puts it. Training, calibration and
+    generation all encode through here, so they cannot drift apart.
+
+    A chat template renders its special tokens itself (Llama-3's ``<|begin_of_text|>``) or has
+    none (ChatML), so its text is encoded as rendered. Alpaca text has none: a tokenizer that
+    adds BOS gets it prepended, as the authors' tokenizer calls on Llama-2 do. Only BOS:
+    ``add_special_tokens=True`` would also append EOS for some tokenizers.
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prompt_format == "alpaca" and tokenizer_adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
 def pick_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

@@ -101,7 +101,7 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
     records = read_jsonl(prompts_file)
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format) for r in records]
     answers = [data.trim_to_sentence(a) for a in
-               greedy_generate(model, tokenizer, texts, max_new_tokens, batch_size, desc=out_file.stem)]
+               greedy_generate(model, tokenizer, texts, prompt_format, max_new_tokens, batch_size, desc=out_file.stem)]
     complied = RefusalJudge().flags([r["instruction"] for r in records], answers)
     kept = [dict(r, output=a) for r, a, c in zip(records, answers, complied)
             if keep == "all" or (c and a)]
@@ -139,7 +139,7 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
                         calibration_file, len(records), calibration_size)
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format)
              + r["output"] + tokenizer.eos_token for r in records]
-    batches = calibration_batches(tokenizer, texts, batch_size, max_length)
+    batches = calibration_batches(tokenizer, texts, batch_size, max_length, prompt_format)
     feature_norms, n = collect_feature_norms(model, batches, lora_matrices(model))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file(feature_norms, out_file, metadata={"n_sequences": str(n)})
@@ -180,7 +180,8 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_file: Path
 
     def answer(records, max_new_tokens, desc):
         texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format) for r in records]
-        return greedy_generate(model, tokenizer, texts, max_new_tokens, generation["batch_size"], desc=desc)
+        return greedy_generate(model, tokenizer, texts, prompt_format, max_new_tokens, generation["batch_size"],
+                               desc=desc)
 
     harmful_answers = answer(harmful, generation["max_new_tokens"], "harmful prompts")
     task_answers = answer(task_items, generation.get("task_max_new_tokens") or data.TASKS[task]["max_new_tokens"],

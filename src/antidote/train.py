@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .modeling import format_prompt
+from .modeling import encode_prompt, format_prompt
 
 IGNORE_INDEX = -100
 
@@ -46,7 +46,7 @@ class TrainSettings:
 def tokenize_example(tokenizer, record: dict, prompt_format: str, max_length: int) -> dict:
     """input_ids and labels with the prompt masked; the answer ends with EOS so the model learns to stop."""
     prompt = format_prompt(tokenizer, record["instruction"], record.get("input", ""), prompt_format)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt, prompt_format)
     answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
