@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +15,7 @@ from . import data
 from .calibrate import calibration_batches, collect_feature_norms, lora_matrices
 from .generate import greedy_generate
 from .maskfile import write_masks
-from .modeling import format_prompt, load_model, load_tokenizer
+from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
 from .records import read_jsonl, write_jsonl
 from .prune import ROUNDING, apply_masks, compute_masks, mask_scope
 from .train import LoraSettings, TrainSettings, train_lora
@@ -111,7 +112,12 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
 
 def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: dict, training: dict,
                 prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto") -> None:
-    """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter)."""
+    """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter).
+
+    Stage 1 merges its adapter into the base's fp32 weights (:func:`merged_in_fp32`) and saves
+    the result in fp32: cast to bf16 here, a small alignment update would be rounded away before
+    any later stage used it; each later stage rounds it once, to its own dtype, on loading.
+    """
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     model = load_model(model_dir, device=device, dtype=dtype)
     records = [r for f in train_files for r in read_jsonl(f)]
@@ -119,7 +125,10 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), TrainSettings(**training),
                             prompt_format, log_path=out_dir / "train_log.jsonl")
     if merge:
-        peft_model.merge_and_unload().save_pretrained(out_dir)
+        with tempfile.TemporaryDirectory() as adapter_dir:
+            peft_model.save_pretrained(adapter_dir)
+            del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
+            merged_in_fp32(model_dir, adapter_dir).save_pretrained(out_dir)
     else:
         peft_model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
