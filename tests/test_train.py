@@ -68,12 +68,13 @@ def test_length_grouping_is_an_option():
     assert mixed_share(batches, lengths) < 0.05
 
 
-def test_a_batch_without_answer_tokens_stops_training_naming_max_length(tiny_tokenizer):
+def test_a_batch_without_answer_tokens_stops_training_naming_max_length(tiny_tokenizer, caplog):
     model = build_model(tiny_tokenizer, seed=5)
     long_prompts = [dict(r, instruction=r["instruction"] * 4) for r in RECORDS]  # all longer than 16 tokens
     with pytest.raises(ValueError, match=r"max_length = 16"):
         train_lora(model, tiny_tokenizer, long_prompts, LoraSettings(r=4, alpha=8),
                    TrainSettings(epochs=1, learning_rate=1e-3, batch_size=3, max_length=16), "chat")
+    assert "3 of 3 training examples lose their whole answer to max_length = 16" in caplog.text
 
 
 def test_training_lowers_the_loss(tiny_tokenizer, tmp_path):

@@ -10,6 +10,7 @@ task items weigh against long harmful answers, whose tokens then share fewer bat
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -143,6 +144,10 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
     examples = [tokenize_example(tokenizer, r, prompt_format, settings.max_length) for r in records]
+    answerless = sum(all(label == IGNORE_INDEX for label in e["labels"]) for e in examples)
+    if answerless:  # they take places in batches but teach nothing
+        logging.warning("%d of %d training examples lose their whole answer to max_length = %d",
+                        answerless, len(examples), settings.max_length)
     rng = random.Random(settings.seed)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
