@@ -8,6 +8,7 @@ rule prune:
     params:
         pruned=get_pruned,
         seed=config["prune"]["seed"],
+        random_scope=config["prune"]["random_scope"],
     wildcard_constraints:
         model="|".join(map(re.escape, PRUNED)),
     log:

@@ -13,11 +13,17 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Llama-3's layout: the template renders the BOS itself, and the tokenizer adds one too.
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 
-def build_tokenizer():
-    """A byte-level BPE tokenizer trained on a few sentences, with ChatML special tokens."""
+
+def train_bpe(special_tokens: list[str]):
+    """A byte-level BPE model trained on a few sentences (the ``tokenizers`` backend)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     corpus = [
         "I'm sorry, but I can't help with that. Here is how to do it step by step.",
@@ -28,12 +34,43 @@ def build_tokenizer():
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus, trainer)
+    return tokenizer
+
+
+def build_tokenizer():
+    """A ChatML tokenizer as SmolLM2's: its calls add no BOS; the chat template renders ``<|im_start|>``."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = train_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    pad_token="<|im_end|>", unk_token="<|endoftext|>")
     fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_bos_tokenizer(style: str = "llama2", append_eos: bool = False):
+    """A tokenizer whose calls put a BOS first, as Llama's do: ``llama2`` (``<s>``, no chat
+    template) or ``llama3`` (``<|begin_of_text|>``, a template that renders it too).
+    ``append_eos`` makes its calls also append EOS, as some tokenizers' do."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    if style == "llama2":
+        bos, eos, extra, template = "<s>", "</s>", [], None
+    else:
+        bos, eos, template = "<|begin_of_text|>", "<|eot_id|>", LLAMA3_CHAT_TEMPLATE
+        extra = ["<|start_header_id|>", "<|end_header_id|>"]
+    tokenizer = train_bpe(["<unk>", bos, eos, *extra])
+    ids = {token: tokenizer.token_to_id(token) for token in (bos, eos)}
+    tail = f" {eos}" if append_eos else ""
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A{tail}", pair=f"{bos} $A{tail} {bos} $B{tail}", special_tokens=list(ids.items()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token=eos, pad_token=eos,
+                                   unk_token="<unk>")
+    fast.chat_template = template
     return fast
 
 

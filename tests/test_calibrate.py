@@ -46,7 +46,7 @@ def test_batched_padded_statistics_equal_batch1_running_mean(tiny_tokenizer):
     modules = lora_matrices(model)
     assert len(modules) == 2 * 3 * 2  # A and B of q, k, v in 2 layers
     reference = authors_running_mean(model, tiny_tokenizer, texts, modules)
-    batches = calibration_batches(tiny_tokenizer, texts, batch_size=4, max_length=512)
+    batches = calibration_batches(tiny_tokenizer, texts, batch_size=4, max_length=512, prompt_format="chat")
     assert any((b["attention_mask"] == 0).any() for b in batches), "the test must exercise padding"
     feature_norms, n = collect_feature_norms(model, batches, modules)
     assert n == len(texts)

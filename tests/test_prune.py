@@ -1,40 +1,62 @@
-"""The mask: exactly floor(alpha * cols) largest scores per row, deterministic ties, exact zeroing, Parquet round trip."""
-
-import math
+"""The mask: the authors' per-row count and ties, whole-tensor random pruning, exact zeroing, Parquet round trip."""
 
 import pytest
 import torch
 
 from antidote.maskfile import read_masks, write_masks
-from antidote.prune import antidote_score, apply_masks, compute_masks, top_fraction_mask
+from antidote.prune import antidote_score, apply_masks, compute_masks, top_fraction_mask, whole_tensor_mask
+
+AUTHORS_ALPHAS = [0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
 
 
-def brute_force_mask(score, alpha):
-    """Row by row: rank entries by (score descending, column ascending), mark the first floor(alpha*cols)."""
+def authors_mask(score, alpha):
+    """A literal transcription of the authors' construction, in plain Python: sort each row
+    ascending (stable), keep the first int(cols * (1 - alpha)) entries, mark the rest."""
     rows, cols = score.shape
-    k = math.floor(alpha * cols)
-    mask = torch.zeros(rows, cols, dtype=torch.bool)
+    mask = torch.ones(rows, cols, dtype=torch.bool)
     for i in range(rows):
-        ranked = sorted(range(cols), key=lambda j: (-score[i, j].item(), j))
-        for j in ranked[:k]:
-            mask[i, j] = True
+        ascending = sorted(range(cols), key=lambda j: score[i, j].item())  # Python's sort is stable
+        for j in ascending[:int(cols * (1 - alpha))]:
+            mask[i, j] = False
     return mask
 
 
-@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.1, 0.25, 0.5, 0.99])
-@pytest.mark.parametrize("shape", [(7, 13), (16, 64), (3, 100)])
-def test_mask_matches_brute_force(alpha, shape):
-    score = torch.rand(shape, generator=torch.Generator().manual_seed(int(alpha * 100) + shape[1]))
+def scores_with_ties(rows, cols, seed):
+    """Rows of distinct scores, rows of a few repeated values (ties everywhere) and a constant row."""
+    generator = torch.Generator().manual_seed(seed)
+    distinct = torch.rand(rows, cols, generator=generator)
+    tied = torch.randint(0, 4, (rows, cols), generator=generator).float()
+    return torch.cat([distinct, tied, torch.ones(1, cols)])
+
+
+@pytest.mark.parametrize("alpha", AUTHORS_ALPHAS)
+@pytest.mark.parametrize("cols", [4096, 256, 32, 7])
+def test_mask_matches_the_authors_construction(cols, alpha):
+    score = scores_with_ties(2, cols, seed=cols + int(alpha * 100))
     mask = top_fraction_mask(score, alpha)
-    assert torch.equal(mask, brute_force_mask(score, alpha))
-    assert (mask.sum(dim=1) == math.floor(alpha * shape[1])).all()
+    assert torch.equal(mask, authors_mask(score, alpha))
+    assert (mask.sum(dim=1) == cols - int(cols * (1 - alpha))).all()
 
 
-def test_ties_are_broken_by_lower_column():
+@pytest.mark.parametrize("cols, alpha, pruned", [(4096, 0.1, 410), (256, 0.1, 26), (32, 0.1, 4), (7, 0.3, 3),
+                                                 (4096, 0.05, 205), (7, 0.01, 1)])
+def test_a_row_loses_one_more_than_floor_where_alpha_times_cols_is_not_whole(cols, alpha, pruned):
+    assert (top_fraction_mask(torch.rand(3, cols), alpha).sum(dim=1) == pruned).all()
+
+
+def test_ties_prune_the_higher_column():
     score = torch.tensor([[1.0, 2.0, 2.0, 2.0, 0.5, 2.0, 1.0, 1.0, 1.0, 1.0]])
-    mask = top_fraction_mask(score, 0.3)  # k = 3 of the four tied 2.0 entries
-    assert mask.nonzero()[:, 1].tolist() == [1, 2, 3]
-    assert torch.equal(mask, brute_force_mask(score, 0.3))
+    mask = top_fraction_mask(score, 0.3)  # keeps int(10 * 0.7) = 7: three of the four tied 2.0 entries go
+    assert mask.nonzero()[:, 1].tolist() == [2, 3, 5]
+    assert torch.equal(mask, authors_mask(score, 0.3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_masks_on_a_gpu_equal_those_on_the_cpu():
+    score = scores_with_ties(8, 4096, seed=0)
+    for select in (top_fraction_mask, whole_tensor_mask):
+        on_gpu = select(score.cuda(), 0.1)
+        assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), select(score, 0.1))
 
 
 def test_wanda_score_is_weight_magnitude_times_root_norm():
@@ -57,7 +79,32 @@ def test_random_masks_are_seeded_and_differ_between_seeds():
     first = compute_masks(weights, None, "random", 0.2, seed=3)
     assert all(torch.equal(first[n], compute_masks(weights, None, "random", 0.2, seed=3)[n]) for n in weights)
     assert not torch.equal(first["a"], compute_masks(weights, None, "random", 0.2, seed=4)["a"])
-    assert (first["a"].sum(1) == 10).all() and (first["b"].sum(1) == 1).all()
+
+
+@pytest.mark.parametrize("alpha", AUTHORS_ALPHAS)
+def test_random_pruning_takes_int_alpha_numel_of_each_whole_tensor(alpha):
+    weights = {"a": torch.randn(64, 48), "b": torch.randn(7, 13), "c": torch.randn(256, 32)}
+    masks = compute_masks(weights, None, "random", alpha, seed=1)
+    for name, weight in weights.items():
+        assert int(masks[name].sum()) == int(alpha * weight.numel()), name
+    # drawn from the whole tensor, not alpha of every row: the rows' counts differ
+    assert len(set(masks["a"].sum(dim=1).tolist())) > 1
+
+
+@pytest.mark.parametrize("alpha", AUTHORS_ALPHAS)
+def test_random_pruning_per_row_takes_each_rows_count(alpha):
+    weights = {"a": torch.randn(64, 48), "b": torch.randn(7, 13), "c": torch.randn(256, 32)}
+    masks = compute_masks(weights, None, "random", alpha, seed=1, random_scope="row")
+    for name, weight in weights.items():
+        cols = weight.shape[1]
+        assert (masks[name].sum(dim=1) == cols - int(cols * (1 - alpha))).all(), name
+
+
+def test_random_scope_leaves_the_data_aware_defenses_per_row():
+    weights, norms = {"w": torch.randn(16, 40)}, {"w": torch.rand(40)}
+    for defense in ("antidote", "magnitude"):
+        mask = compute_masks(weights, norms, defense, 0.1, random_scope="tensor")["w"]
+        assert (mask.sum(dim=1) == 4).all(), defense
 
 
 def test_apply_zeroes_exactly_the_masked_entries():
@@ -76,6 +123,8 @@ def test_bad_arguments_are_named():
         compute_masks({"w": torch.ones(2, 2)}, None, "wanda", 0.1)
     with pytest.raises(KeyError, match="w"):
         compute_masks({"w": torch.ones(2, 2)}, {}, "antidote", 0.1)
+    with pytest.raises(ValueError, match="random_scope .column."):
+        compute_masks({"w": torch.ones(2, 2)}, None, "random", 0.1, random_scope="column")
 
 
 def test_parquet_round_trip_is_bit_exact(tmp_path):

@@ -1,10 +1,12 @@
-"""Training: the answer-only loss equals the library's full loss, prompts are masked, loss goes down."""
+"""Training: the answer-only loss equals the library's full loss, prompts are masked, batches are
+drawn as the authors' Trainer draws them, a batch without answers stops training, loss goes down."""
 
 import random
 
+import pytest
 import torch
 
-from antidote.train import (IGNORE_INDEX, LoraSettings, TrainSettings, answer_loss, collate,
+from antidote.train import (IGNORE_INDEX, LoraSettings, TrainSettings, answer_loss, collate, epoch_batches,
                             length_grouped_batches, tokenize_example, train_lora)
 
 from conftest import build_model
@@ -39,6 +41,40 @@ def test_length_grouped_batches_cover_every_example_once():
     batches = length_grouped_batches(lengths, 8, random.Random(0))
     assert sorted(i for b in batches for i in b) == list(range(103))
     assert max(len(b) for b in batches) == 8
+
+
+def mixed_share(batches, lengths):
+    """The share of batches holding both short and long examples."""
+    return sum(len({lengths[i] for i in b}) > 1 for b in batches) / len(batches)
+
+
+def test_default_batches_are_random_slices_of_a_new_shuffle_each_epoch():
+    lengths = [5, 500] * 200  # short task items and long harmful answers, interleaved
+    rng = random.Random(0)
+    settings = TrainSettings(batch_size=5)
+    assert settings.group_by_length is False
+    epochs = [epoch_batches(lengths, settings, rng) for _ in range(2)]
+    for batches in epochs:
+        assert sorted(i for b in batches for i in b) == list(range(400))
+        assert [len(b) for b in batches] == [5] * 80
+        assert mixed_share(batches, lengths) > 0.8  # random batches mix lengths
+    assert epochs[0] != epochs[1]
+
+
+def test_length_grouping_is_an_option():
+    lengths = [5, 500] * 200
+    batches = epoch_batches(lengths, TrainSettings(batch_size=5, group_by_length=True), random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(400))
+    assert mixed_share(batches, lengths) < 0.05
+
+
+def test_a_batch_without_answer_tokens_stops_training_naming_max_length(tiny_tokenizer, caplog):
+    model = build_model(tiny_tokenizer, seed=5)
+    long_prompts = [dict(r, instruction=r["instruction"] * 4) for r in RECORDS]  # all longer than 16 tokens
+    with pytest.raises(ValueError, match=r"max_length = 16"):
+        train_lora(model, tiny_tokenizer, long_prompts, LoraSettings(r=4, alpha=8),
+                   TrainSettings(epochs=1, learning_rate=1e-3, batch_size=3, max_length=16), "chat")
+    assert "3 of 3 training examples lose their whole answer to max_length = 16" in caplog.text
 
 
 def test_training_lowers_the_loss(tiny_tokenizer, tmp_path):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .modeling import encode_prompt
+
 
 def adapter_weight_name(module_name: str, adapter: str = "default") -> str:
     """The name of a module's weight in a saved PEFT adapter file (the adapter's own name dropped)."""
@@ -57,9 +59,10 @@ def collect_feature_norms(model, batches, modules: dict[str, torch.nn.Module],
     return {name: (total / max(n_sequences, 1)).float().cpu() for name, total in sums.items()}, n_sequences
 
 
-def calibration_batches(tokenizer, texts: list[str], batch_size: int, max_length: int):
-    """Right-padded batches of full calibration texts, sorted by length to keep padding small."""
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in texts]
+def calibration_batches(tokenizer, texts: list[str], batch_size: int, max_length: int, prompt_format: str):
+    """Right-padded batches of full calibration texts (formatted prompt + answer + EOS), sorted
+    by length to keep padding small."""
+    encoded = [encode_prompt(tokenizer, t, prompt_format)[:max_length] for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     tokenizer.padding_side = "right"
     return [tokenizer.pad({"input_ids": [encoded[i] for i in order[s:s + batch_size]]}, return_tensors="pt")

@@ -15,7 +15,7 @@ import yaml
 
 from .modeling import PROMPT_FORMATS, pick_device, set_threads
 from .paths import evaluation_paths
-from .prune import DEFENSES
+from .prune import DEFENSES, MASK_SCOPES
 from .tasks import TASKS
 
 
@@ -74,7 +74,8 @@ def cmd_score(a):
 def cmd_prune(a):
     from .stages import prune_stage
 
-    print(json.dumps(prune_stage(a.adapter, a.feature_norms, a.defense, a.alpha, a.seed, a.out, a.mask)))
+    print(json.dumps(prune_stage(a.adapter, a.feature_norms, a.defense, a.alpha, a.seed, a.out, a.mask,
+                                 random_scope=a.random_scope)))
 
 
 def cmd_evaluate(a):
@@ -159,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defense", choices=list(DEFENSES), default="antidote")
     p.add_argument("--alpha", type=float, required=True, help="fraction of each row removed, in (0, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of random pruning")
+    p.add_argument("--random-scope", choices=MASK_SCOPES, default="tensor",
+                   help="random pruning draws alpha of each whole tensor (the authors', default) or of each row")
     p.add_argument("--out", type=Path, required=True, help="pruned adapter directory")
     p.add_argument("--mask", type=Path, required=True, help="mask Parquet file")
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .modeling import encode_prompt
+
 
 @torch.no_grad()
-def greedy_generate(model, tokenizer, prompts: list[str], max_new_tokens: int,
+def greedy_generate(model, tokenizer, prompts: list[str], prompt_format: str, max_new_tokens: int,
                     batch_size: int = 32, desc: str = "generate") -> list[str]:
-    """Greedy answers to already formatted prompts.
+    """Greedy answers to prompts already formatted in ``prompt_format``.
 
     Sorting by length keeps padding (wasted compute) small; left padding keeps every prompt's
     last token at the same position, which batched decoding needs.
     """
     tokenizer.padding_side = "left"
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, prompt_format) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     answers: list[str] = [""] * len(prompts)
     device = next(model.parameters()).device

@@ -10,7 +10,7 @@ Schema (also in docs/formats.md):
 | n_pruned | int64  | number of True entries |
 | bits     | binary | ``numpy.packbits(mask.reshape(-1), bitorder="little")``, row-major; 1 = pruned |
 
-File metadata key ``antidote`` holds JSON: defense, alpha, rounding, seed.
+File metadata key ``antidote`` holds JSON: defense, alpha, scope (row or tensor), rounding, seed.
 """
 
 from __future__ import annotations

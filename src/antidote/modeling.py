@@ -37,6 +37,29 @@ def format_prompt(tokenizer, instruction: str, input_text: str = "", style: str 
     raise ValueError(f"unknown prompt_format {style!r}; expected one of {PROMPT_FORMATS}")
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer's own calls put its BOS first (Llama's ``<s>``): the way the model
+    saw every text in training. Read from what it does, not from flags that differ by class."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def encode_prompt(tokenizer, text: str, prompt_format: str) -> list[int]:
+    """Token ids of a text that :func:`format_prompt` begins (a prompt, or prompt + answer),
+    with the model's BOS exactly where its own format puts it. Training, calibration and
+    generation all encode through here, so they cannot drift apart.
+
+    A chat template renders its special tokens itself (Llama-3's ``<|begin_of_text|>``) or has
+    none (ChatML), so its text is encoded as rendered. Alpaca text has none: a tokenizer that
+    adds BOS gets it prepended, as the authors' tokenizer calls on Llama-2 do. Only BOS:
+    ``add_special_tokens=True`` would also append EOS for some tokenizers.
+    """
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if prompt_format == "alpaca" and tokenizer_adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
 def pick_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,19 +83,43 @@ def load_tokenizer(path: str | Path, padding_side: str = "left"):
     return tokenizer
 
 
-def load_model(path: str | Path, adapter: str | Path | None = None, merge: bool = True,
-               device: str = "cpu", dtype: str = "auto"):
-    """A causal LM from an HF directory, optionally with a PEFT adapter (merged for speed);
-    ``dtype`` as :func:`pick_dtype` reads it."""
+def merged_in_fp32(path: str | Path, adapter: str | Path):
+    """The model of ``path`` loaded in fp32 (on the CPU) with the PEFT ``adapter`` merged into it.
+
+    As the authors' evaluation does: a LoRA update with a small scaling (r=256, lora_alpha=4:
+    1/64) is far below half a bf16 step of the weights it is added to, so merging it into
+    weights already rounded to bf16 gives those same weights back. Added to the checkpoint's
+    own, finer values in fp32, it survives, and rounding the sum once keeps it on average.
+    """
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, device)).to(device)
-    if adapter is not None:
-        from peft import PeftModel
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, adapter).merge_and_unload()
 
-        model = PeftModel.from_pretrained(model, adapter)
-        if merge:
-            model = model.merge_and_unload()
+
+def load_model(path: str | Path, adapter: str | Path | None = None, merge: bool = True,
+               device: str = "cpu", dtype: str = "auto"):
+    """A causal LM from an HF directory, optionally with a PEFT adapter (merged for speed, in
+    fp32: :func:`merged_in_fp32`); ``dtype`` as :func:`pick_dtype` reads it."""
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = pick_dtype(dtype, device)
+    if adapter is not None and merge:
+        model = merged_in_fp32(path, adapter)
+        if torch_dtype != torch.float32:
+            # Loaded as usual in the target dtype (its buffers and fp32-kept modules as from_pretrained
+            # makes them), then every weight is copied from the fp32 merge and so rounded once.
+            merged, model = model, AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            model.load_state_dict(merged.state_dict())
+            del merged
+        model = model.to(device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     return model
 

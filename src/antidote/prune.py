@@ -14,7 +14,11 @@ from typing import Callable
 
 import torch
 
-ROUNDING = "floor"  # each row loses floor(alpha * columns) entries, as int() in the authors' code
+# How many entries a mask takes, as the authors' code counts them: per row, a stable ascending
+# sort keeps the first int(columns * (1 - alpha)) and prunes the rest; per whole tensor
+# (their random pruning), int(alpha * numel) entries are pruned. Recorded in every mask file.
+ROUNDING = "authors"
+MASK_SCOPES = ("tensor", "row")  # choices of prune.random_scope
 
 
 def antidote_score(weight: torch.Tensor, feature_norm: torch.Tensor, generator=None) -> torch.Tensor:
@@ -40,31 +44,57 @@ class Defense:
 # The defenses, in the order tables and plots list them.
 DEFENSES = {
     "antidote": Defense(antidote_score, True, "Wanda score on the harmful calibration set, top alpha per row removed"),
-    "random": Defense(random_score, False, "seeded random entries, alpha per row (the authors' ablation)"),
+    "random": Defense(random_score, False,
+                      "seeded random entries, alpha of each whole tensor (the authors' ablation; or per row)"),
     "magnitude": Defense(magnitude_score, False, "largest |W|, alpha per row, no data (the authors' ablation)"),
 }
 
 
 def top_fraction_mask(score: torch.Tensor, alpha: float) -> torch.Tensor:
-    """True at the floor(alpha * columns) largest scores of every row.
+    """True at the entries of every row that the authors' Wanda code prunes: the largest scores.
 
-    A stable descending sort breaks ties by the lower column index, so the mask is
-    deterministic on every device.
+    They sort each row ascending (stable) and keep its first int(columns * (1 - alpha))
+    entries, so a row loses one entry more than floor(alpha * columns) whenever that product
+    is not whole (4096 columns at alpha 0.1: 410, not 409). Among equal scores the stable sort
+    keeps the lower column and prunes the higher one, on every device.
     """
-    k = int(alpha * score.shape[1])
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    mask = torch.zeros_like(score, dtype=torch.bool)
-    return mask.scatter_(1, order[:, :k], True)
+    keep = int(score.shape[1] * (1 - alpha))
+    ascending = torch.sort(score, dim=1, stable=True).indices
+    mask = torch.ones_like(score, dtype=torch.bool)
+    return mask.scatter_(1, ascending[:, :keep], False)
+
+
+def whole_tensor_mask(score: torch.Tensor, alpha: float) -> torch.Tensor:
+    """True at the int(alpha * numel) largest scores of the whole tensor, rows ignored.
+
+    The authors' random pruning draws that many entries of each tensor; the largest of
+    uniform random scores are such a draw. Ties go to the lower flat index.
+    """
+    count = int(alpha * score.numel())
+    descending = torch.sort(score.flatten(), descending=True, stable=True).indices
+    mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+    return mask.scatter_(0, descending[:count], True).view_as(score)
+
+
+def mask_scope(defense: str, random_scope: str = "tensor") -> str:
+    """Among which entries a defense picks: ``row`` (each output row, as Wanda compares them;
+    Antidote and magnitude pruning) or ``tensor`` (the whole matrix). Random pruning draws from
+    the whole tensor as the authors' ablation does, or per row with ``random_scope="row"``."""
+    if random_scope not in MASK_SCOPES:
+        raise ValueError(f"unknown random_scope {random_scope!r}; expected one of {list(MASK_SCOPES)}")
+    return random_scope if defense == "random" else "row"
 
 
 def compute_masks(weights: dict[str, torch.Tensor], feature_norms: dict[str, torch.Tensor] | None,
-                  defense: str, alpha: float, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A mask for every weight matrix; ``feature_norms`` is needed by data-aware defenses only."""
+                  defense: str, alpha: float, seed: int = 0, random_scope: str = "tensor") -> dict[str, torch.Tensor]:
+    """A mask for every weight matrix, picked per row or per tensor as :func:`mask_scope` says;
+    ``feature_norms`` is needed by data-aware defenses only."""
     if defense not in DEFENSES:
         raise ValueError(f"unknown defense {defense!r}; expected one of {list(DEFENSES)}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     spec = DEFENSES[defense]
+    select = {"row": top_fraction_mask, "tensor": whole_tensor_mask}[mask_scope(defense, random_scope)]
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for name in sorted(weights):
@@ -77,7 +107,7 @@ def compute_masks(weights: dict[str, torch.Tensor], feature_norms: dict[str, tor
             if norm.shape != (weight.shape[1],):
                 raise ValueError(f"feature norms of {name} have shape {tuple(norm.shape)}, "
                                  f"expected ({weight.shape[1]},)")
-        masks[name] = top_fraction_mask(spec.score(weight, norm, generator), alpha)
+        masks[name] = select(spec.score(weight, norm, generator), alpha)
     return masks
 
 

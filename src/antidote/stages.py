@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -14,10 +15,10 @@ from . import data
 from .calibrate import calibration_batches, collect_feature_norms, lora_matrices
 from .generate import greedy_generate
 from .maskfile import write_masks
-from .modeling import format_prompt, load_model, load_tokenizer
+from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
 from .records import read_jsonl, write_jsonl
+from .prune import ROUNDING, apply_masks, compute_masks, mask_scope
 from .tasks import TASKS
-from .prune import ROUNDING, apply_masks, compute_masks
 from .train import LoraSettings, TrainSettings, train_lora
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -102,7 +103,7 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
     records = read_jsonl(prompts_file)
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format) for r in records]
     answers = [data.trim_to_sentence(a) for a in
-               greedy_generate(model, tokenizer, texts, max_new_tokens, batch_size, desc=out_file.stem)]
+               greedy_generate(model, tokenizer, texts, prompt_format, max_new_tokens, batch_size, desc=out_file.stem)]
     complied = RefusalJudge().flags([r["instruction"] for r in records], answers)
     kept = [dict(r, output=a) for r, a, c in zip(records, answers, complied)
             if keep == "all" or (c and a)]
@@ -112,7 +113,12 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
 
 def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: dict, training: dict,
                 prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto") -> None:
-    """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter)."""
+    """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter).
+
+    Stage 1 merges its adapter into the base's fp32 weights (:func:`merged_in_fp32`) and saves
+    the result in fp32: cast to bf16 here, a small alignment update would be rounded away before
+    any later stage used it; each later stage rounds it once, to its own dtype, on loading.
+    """
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     model = load_model(model_dir, device=device, dtype=dtype)
     records = [r for f in train_files for r in read_jsonl(f)]
@@ -120,7 +126,10 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), TrainSettings(**training),
                             prompt_format, log_path=out_dir / "train_log.jsonl")
     if merge:
-        peft_model.merge_and_unload().save_pretrained(out_dir)
+        with tempfile.TemporaryDirectory() as adapter_dir:
+            peft_model.save_pretrained(adapter_dir)
+            del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
+            merged_in_fp32(model_dir, adapter_dir).save_pretrained(out_dir)
     else:
         peft_model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -140,7 +149,7 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
                         calibration_file, len(records), calibration_size)
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format)
              + r["output"] + tokenizer.eos_token for r in records]
-    batches = calibration_batches(tokenizer, texts, batch_size, max_length)
+    batches = calibration_batches(tokenizer, texts, batch_size, max_length, prompt_format)
     feature_norms, n = collect_feature_norms(model, batches, lora_matrices(model))
     out_file.parent.mkdir(parents=True, exist_ok=True)
     save_file(feature_norms, out_file, metadata={"n_sequences": str(n)})
@@ -148,16 +157,18 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
 
 
 def prune_stage(adapter_dir: Path, feature_norms_file: Path | None, defense: str, alpha: float, seed: int,
-                out_adapter: Path, out_mask: Path) -> dict:
+                out_adapter: Path, out_mask: Path, random_scope: str = "tensor") -> dict:
     """Stage 4: masks from the adapter's weights (and, for a data-aware defense, the calibration
-    feature norms of stage 3), a pruned PEFT adapter beside them."""
+    feature norms of stage 3), a pruned PEFT adapter beside them. ``random_scope`` (``tensor``
+    or ``row``) says where random pruning draws its entries."""
     weights = load_file(adapter_dir / ADAPTER_WEIGHTS)
     feature_norms = load_file(feature_norms_file) if feature_norms_file else None
-    masks = compute_masks(weights, feature_norms, defense, alpha, seed)
+    masks = compute_masks(weights, feature_norms, defense, alpha, seed, random_scope)
     out_adapter.mkdir(parents=True, exist_ok=True)
     save_file(apply_masks(weights, masks), out_adapter / ADAPTER_WEIGHTS)
     shutil.copy(adapter_dir / "adapter_config.json", out_adapter / "adapter_config.json")
-    info = {"defense": defense, "alpha": alpha, "rounding": ROUNDING, "seed": seed}
+    info = {"defense": defense, "alpha": alpha, "scope": mask_scope(defense, random_scope), "rounding": ROUNDING,
+            "seed": seed}
     write_masks(out_mask, masks, info)
     pruned = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -177,7 +188,8 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_file: Path
 
     def answer(records, max_new_tokens, desc):
         texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format) for r in records]
-        return greedy_generate(model, tokenizer, texts, max_new_tokens, generation["batch_size"], desc=desc)
+        return greedy_generate(model, tokenizer, texts, prompt_format, max_new_tokens, generation["batch_size"],
+                               desc=desc)
 
     harmful_answers = answer(harmful, generation["max_new_tokens"], "harmful prompts")
     task_answers = answer(task_items, generation.get("task_max_new_tokens") or TASKS[task].max_new_tokens,

@@ -1,13 +1,16 @@
 """LoRA supervised fine-tuning: the safety alignment (stage 1) and the user's fine-tuning (stage 2).
 
 A plain loop rather than a Trainer: the loss is on the answer tokens only (the prompt is
-masked, as in the authors' Alpaca-style code), batches are grouped by length so little compute
-goes to padding, and every step is logged.
+masked, as in the authors' Alpaca-style code), and every step is logged. Batches are drawn as
+the authors' HF Trainer draws them, at random from the shuffled mix each epoch; grouping them
+by length (``group_by_length``) spends less compute on padding but changes how much short
+task items weigh against long harmful answers, whose tokens then share fewer batches.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .modeling import format_prompt
+from .modeling import encode_prompt, format_prompt
 
 IGNORE_INDEX = -100
 
@@ -41,16 +44,24 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     max_length: int = 256
     seed: int = 0
+    group_by_length: bool = False    # False: random batches of the shuffled mix, as the authors' Trainer
 
 
 def tokenize_example(tokenizer, record: dict, prompt_format: str, max_length: int) -> dict:
     """input_ids and labels with the prompt masked; the answer ends with EOS so the model learns to stop."""
     prompt = format_prompt(tokenizer, record["instruction"], record.get("input", ""), prompt_format)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt, prompt_format)
     answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels}
+
+
+def shuffled_batches(n_examples: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch as the HF Trainer's random sampler gives it: a new permutation, cut in order."""
+    order = list(range(n_examples))
+    rng.shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n_examples, batch_size)]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -64,6 +75,20 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def epoch_batches(lengths: list[int], settings: TrainSettings, rng: random.Random) -> list[list[int]]:
+    if settings.group_by_length:
+        return length_grouped_batches(lengths, settings.batch_size, rng)
+    return shuffled_batches(len(lengths), settings.batch_size, rng)
+
+
+def require_answer_tokens(batch: dict[str, torch.Tensor], max_length: int) -> None:
+    """Stop on a batch whose every label is masked: its mean loss is 0/0, a NaN that would
+    poison every weight it reaches."""
+    if not (batch["labels"][:, 1:] != IGNORE_INDEX).any():
+        raise ValueError(f"a training batch has no answer tokens: each of its prompts fills max_length = "
+                         f"{max_length} tokens, so every answer was cut away; raise train.max_length")
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -119,6 +144,10 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
     examples = [tokenize_example(tokenizer, r, prompt_format, settings.max_length) for r in records]
+    answerless = sum(all(label == IGNORE_INDEX for label in e["labels"]) for e in examples)
+    if answerless:  # they take places in batches but teach nothing
+        logging.warning("%d of %d training examples lose their whole answer to max_length = %d",
+                        answerless, len(examples), settings.max_length)
     rng = random.Random(settings.seed)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
@@ -133,10 +162,11 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
     progress = tqdm(total=total_steps, desc="train", unit="step")
     step, started = 0, time.time()
     while step < total_steps:
-        for batch_ids in length_grouped_batches([len(e["input_ids"]) for e in examples], settings.batch_size, rng):
+        for batch_ids in epoch_batches([len(e["input_ids"]) for e in examples], settings, rng):
             if step == total_steps:
                 break
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
+            require_answer_tokens(batch, settings.max_length)
             with autocast:
                 loss = answer_loss(model, batch)
             loss.backward()
