@@ -17,6 +17,7 @@ from .maskfile import write_masks
 from .modeling import format_prompt, load_model, load_tokenizer
 from .records import read_jsonl, write_jsonl
 from .prune import ROUNDING, apply_masks, compute_masks
+from .quantization import check_quantization, load_base_for_training, merged_model
 from .train import LoraSettings, TrainSettings, train_lora
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -112,14 +113,16 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
 def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: dict, training: dict,
                 prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto") -> None:
     """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter)."""
+    settings = TrainSettings(**training)
+    check_quantization(settings.quantization, device)  # before anything is loaded
     tokenizer = load_tokenizer(model_dir, padding_side="right")
-    model = load_model(model_dir, device=device, dtype=dtype)
+    model = load_base_for_training(model_dir, settings.quantization, device=device, dtype=dtype)
     records = [r for f in train_files for r in read_jsonl(f)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), TrainSettings(**training),
+    peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings,
                             prompt_format, log_path=out_dir / "train_log.jsonl")
     if merge:
-        peft_model.merge_and_unload().save_pretrained(out_dir)
+        merged_model(peft_model, model_dir, settings.quantization, device, dtype).save_pretrained(out_dir)
     else:
         peft_model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
