@@ -4,31 +4,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from antidote.calibrate import calibration_batches, collect_feature_norms, lora_matrices
+from antidote.reference import authors_running_mean
 
 from conftest import build_model
-
-
-def authors_running_mean(model, tokenizer, texts, modules):
-    """Wanda's layerwrapper: batch 1, no padding, scaler_row *= n/(n+1); scaler_row += ||x||^2 / (n+1)."""
-    scaler = {name: torch.zeros(m.in_features, dtype=torch.float32) for name, m in modules.items()}
-    count = {name: 0 for name in modules}
-
-    def hook_for(name):
-        def hook(_module, inputs, _output):
-            x = inputs[0].reshape(-1, inputs[0].shape[-1]).t().float()
-            scaler[name] *= count[name] / (count[name] + 1)
-            count[name] += 1
-            scaler[name] += torch.norm(x, p=2, dim=1) ** 2 / count[name]
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
-    with torch.no_grad():
-        for text in texts:
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-            model(input_ids=ids)
-    for h in handles:
-        h.remove()
-    return scaler
 
 
 def lora_model(tokenizer):

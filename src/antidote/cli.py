@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, nargs="+", required=True, help="JSONL with instruction/input/output")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--lora", default="{r: 8, alpha: 16}", help="LoRA settings, YAML inline or file")
-    p.add_argument("--train", default="{epochs: 1, learning_rate: 1.0e-4}", help="training settings, YAML inline or file")
+    p.add_argument("--train", default="{epochs: 1, learning_rate: 1.0e-4}", help="training settings, YAML inline or file "
+                   "(quantization: 4bit trains on a 4-bit base: CUDA and pip install -e '.[gpu]')")
     p.add_argument("--merge", action="store_true", help="merge the adapter and save a full model (alignment)")
     model_options(p)
 

@@ -155,6 +155,11 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
     for i, judge in enumerate(config["evaluate"]["judges"]):
         if judge["type"] in ("moderation", "guard") and "path" not in judge:
             raise ConfigError(f"evaluate.judges[{i}]: a {judge['type']} judge needs a 'path' to a model directory")
+    for stage in ("align", "finetune"):  # the training jobs refuse it too; this stops the run before any job
+        quantization = config[stage]["train"].get("quantization", "none")
+        if quantization != "none" and config.get("device") == "cpu":
+            raise ConfigError(f"{stage}.train.quantization: {quantization!r} needs CUDA, but device is 'cpu' "
+                              "(4-bit training on a CPU leaves the loss unchanged)")
 
     if require_paths:
         missing = missing_paths(config, workdir)

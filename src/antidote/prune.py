@@ -115,3 +115,12 @@ def apply_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
     """Zero the masked entries; weights without a mask pass through unchanged."""
     return {name: w.masked_fill(masks[name].to(w.device), 0) if name in masks else w
             for name, w in weights.items()}
+
+
+def mask_agreement(masks: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
+    """The share of the entries selected in ``masks`` that ``other`` selects too (1.0: the same
+    masks). Masks of one alpha select as many entries each, so the measure is then symmetric."""
+    selected = sum(int(m.sum()) for m in masks.values())
+    common = sum(int((m & other[name]).sum()) for name, m in masks.items())
+    return common / selected if selected else 1.0
+

@@ -19,6 +19,7 @@ from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
 from .records import read_jsonl, write_jsonl
 from .prune import ROUNDING, apply_masks, compute_masks, mask_scope
 from .tasks import TASKS
+from .quantization import check_quantization, load_base_for_training
 from .train import LoraSettings, TrainSettings, train_lora
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -119,11 +120,13 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     the result in fp32: cast to bf16 here, a small alignment update would be rounded away before
     any later stage used it; each later stage rounds it once, to its own dtype, on loading.
     """
+    settings = TrainSettings(**training)
+    check_quantization(settings.quantization, device)  # before the tokenizer or any model is loaded
     tokenizer = load_tokenizer(model_dir, padding_side="right")
-    model = load_model(model_dir, device=device, dtype=dtype)
+    model = load_base_for_training(model_dir, settings.quantization, device=device, dtype=dtype)
     records = [r for f in train_files for r in read_jsonl(f)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), TrainSettings(**training),
+    peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings,
                             prompt_format, log_path=out_dir / "train_log.jsonl")
     if merge:
         with tempfile.TemporaryDirectory() as adapter_dir:

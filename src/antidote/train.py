@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .modeling import encode_prompt, format_prompt
+from .quantization import check_training_model, import_bitsandbytes
 
 IGNORE_INDEX = -100
 
@@ -45,6 +46,7 @@ class TrainSettings:
     max_length: int = 256
     seed: int = 0
     group_by_length: bool = False    # False: random batches of the shuffled mix, as the authors' Trainer
+    quantization: str = "none"       # "none", or "4bit": QLoRA on CUDA (see antidote.quantization)
 
 
 def tokenize_example(tokenizer, record: dict, prompt_format: str, max_length: int) -> dict:
@@ -134,15 +136,46 @@ def make_schedule(optimizer, settings: TrainSettings, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def add_lora(model, lora: LoraSettings):
+    """``model`` wrapped in a new, trainable LoRA adapter (PEFT keeps it in fp32 on a bf16 base)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
+def make_optimizer(params, settings: TrainSettings):
+    """AdamW; on a 4-bit base bitsandbytes' 8-bit AdamW, whose states take a quarter of the memory."""
+    optimizer = import_bitsandbytes().optim.AdamW8bit if settings.quantization == "4bit" else torch.optim.AdamW
+    return optimizer(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def mixed_precision(device: torch.device):
+    """bf16 autocast on CUDA; none on the CPU, where models run in the dtype they were loaded in."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train_step(model, batch: dict[str, torch.Tensor], optimizer, params, max_grad_norm: float,
+               loss_fn=answer_loss) -> torch.Tensor:
+    """One optimizer step on a collated batch; returns the loss (not synchronised with the host)."""
+    with mixed_precision(batch["input_ids"].device):
+        loss = loss_fn(model, batch)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
 def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settings: TrainSettings,
                prompt_format: str, log_path: Path | None = None):
     """Wrap ``model`` in a new LoRA adapter, train it on ``records``, return the PEFT model."""
-    from peft import LoraConfig, get_peft_model
-
+    check_training_model(model, settings.quantization)
     torch.manual_seed(settings.seed)
-    model = get_peft_model(model, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+    model = add_lora(model, lora)
     examples = [tokenize_example(tokenizer, r, prompt_format, settings.max_length) for r in records]
     answerless = sum(all(label == IGNORE_INDEX for label in e["labels"]) for e in examples)
     if answerless:  # they take places in batches but teach nothing
@@ -152,10 +185,9 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(params, settings)
     schedule = make_schedule(optimizer, settings, total_steps)
     device = next(model.parameters()).device
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     model.train()
     log = open(log_path, "w") if log_path else None
@@ -167,13 +199,8 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
                 break
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
             require_answer_tokens(batch, settings.max_length)
-            with autocast:
-                loss = answer_loss(model, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
+            loss = train_step(model, batch, optimizer, params, settings.max_grad_norm)
             schedule.step()
-            optimizer.zero_grad(set_to_none=True)
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
