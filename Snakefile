@@ -30,6 +30,7 @@ rule all:
         rules.collect.output,
         rules.tables.output,
         rules.plots.output,
+        rules.mask_stats.output,
     default_target: True
 
 

@@ -8,7 +8,7 @@ from snakemake.utils import validate
 from antidote.config import check_config, expand_runs, missing_paths, resolve_hub_names, split_sources
 from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_paths, pruned_name
 from antidote.plots import plot_names
-from antidote.prune import DEFENSES as DEFENSE_REGISTRY
+from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
 from antidote.results import REFERENCE_MODELS, run_axes, swept_axes, table_names
 
 
@@ -52,6 +52,10 @@ SWEPT_AXES = swept_axes(run_axes(RUNS))
 def run_models(run):
     """The models of a fine-tuning run: the undefended adapter, then each defense at each alpha."""
     return ["sft", *(pruned_name(d, a) for d in DEFENSES for a in RUNS[run]["alphas"])]
+
+
+# (run, model) of every pruned model of the grid
+PRUNED_MODELS = [(run, model) for run in RUNS for model in run_models(run) if model in PRUNED]
 
 
 # The authors' slices take items in file order (data.beavertails.order: authors), else seeded samples.
@@ -164,11 +168,21 @@ def get_pruned(wildcards):
     return PRUNED[wildcards.model]
 
 
+def get_calibration_inputs(wildcards):
+    """The harmful calibration set; the benign control also reads the run's fine-tuning set (its
+    task items, as many as the harmful set holds)."""
+    inputs = {"calibration": harmful_answers("calibration_pool")}
+    if wildcards.calibration == "benign":
+        inputs["benign_from"] = PATHS["finetune_data"].format(run=wildcards.run)
+    return inputs
+
+
 def get_prune_inputs(wildcards):
-    """Only data-aware defenses read the calibration feature norms; the others need the adapter alone."""
+    """Data-aware defenses read the feature norms of their calibration set; the others need the adapter alone."""
     inputs = {"adapter": PATHS["adapter"].format(run=wildcards.run)}
-    if DEFENSE_REGISTRY[PRUNED[wildcards.model]["defense"]].needs_feature_norms:
-        inputs["feature_norms"] = PATHS["feature_norms"].format(run=wildcards.run)
+    calibration = DEFENSE_REGISTRY[PRUNED[wildcards.model]["defense"]].calibration
+    if calibration:
+        inputs["feature_norms"] = PATHS["feature_norms"].format(run=wildcards.run, calibration=calibration)
     return inputs
 
 
@@ -180,8 +194,11 @@ def get_evaluated_model(wildcards):
     a run's adapter (sft's own, or a pruned one)."""
     if "run" not in wildcards.keys():
         return {"model": external(config["base_model"]) if wildcards.model == "base" else PATHS["aligned_model"]}
-    adapter = PATHS["adapter"] if wildcards.model == "sft" else PATHS["pruned_adapter"]
-    return {"model": PATHS["aligned_model"], "adapter": adapter.format(**wildcards)}
+    if wildcards.model == "sft":
+        return {"model": PATHS["aligned_model"], "adapter": PATHS["adapter"].format(**wildcards)}
+    # a pruned model's mask file carries its update_removed, a column of the summary
+    return {"model": PATHS["aligned_model"], "adapter": PATHS["pruned_adapter"].format(**wildcards),
+            "mask": PATHS["mask"].format(**wildcards)}
 
 
 def get_task_eval(wildcards):
@@ -193,9 +210,10 @@ def get_summary_row(wildcards):
     """The settings columns of the evaluated model's summary rows (a reference model has no run and no alpha)."""
     if "run" not in wildcards.keys():
         empty = dict(harmful_ratio=None, learning_rate=None, epochs=None, n_samples=None, seed=None)
-        return dict(model=wildcards.model, task=wildcards.task, alpha=None, **empty)
+        return dict(model=wildcards.model, task=wildcards.task, alpha=None, update_removed=None, **empty)
     pruned = PRUNED.get(wildcards.model, {"defense": "sft", "alpha": None})
-    return dict(model=pruned["defense"], alpha=pruned["alpha"], **run_settings(wildcards.run))
+    # sft removes nothing; a pruned model's share is read from its mask file by the evaluate script
+    return dict(model=pruned["defense"], alpha=pruned["alpha"], update_removed=0.0, **run_settings(wildcards.run))
 
 
 def evaluated_metrics():

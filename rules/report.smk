@@ -4,6 +4,7 @@ report: "../workflow/report/workflow.rst"
 localrules:
     tables,
     plots,
+    mask_stats,
 
 
 rule tables:
@@ -41,3 +42,24 @@ rule plots:
         ENV
     script:
         "../workflow/scripts/plots.py"
+
+
+rule mask_stats:
+    """Where the masks sit: overlap between the defenses of a run and alpha, and pruned-entry
+    density per layer, module and LoRA matrix (read from the mask files)."""
+    input:
+        [PATHS["mask"].format(run=run, model=model) for run, model in PRUNED_MODELS],
+    output:
+        overlap=[f"{PATHS['tables']}/mask_overlap.csv", f"{PATHS['tables']}/mask_overlap.md"],
+        density=f"{PATHS['tables']}/mask_density.csv",
+        plot=report(f"{PATHS['plots']}/mask_density.png", caption="../workflow/report/plots.rst",
+                    category="Plots", labels={"plot": "mask_density"}),
+    params:
+        models=PRUNED_MODELS,
+        pruned=PRUNED,
+    log:
+        f"{LOGS}mask_stats.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/mask_stats.py"

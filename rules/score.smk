@@ -1,9 +1,10 @@
 rule score:
-    """Stage 3: the feature norms n_j of every LoRA matrix on the harmful calibration set."""
+    """Stage 3: the feature norms n_j of every LoRA matrix on the harmful calibration set, or on
+    the benign control (the run's own task items, as many), for the defenses that read them."""
     input:
+        unpack(get_calibration_inputs),
         model=PATHS["aligned_model"],
         adapter=PATHS["adapter"],
-        calibration=harmful_answers("calibration_pool"),
     output:
         PATHS["feature_norms"],
     params:
@@ -13,11 +14,13 @@ rule score:
         batch_size=config["score"]["batch_size"],
         max_length=config["score"]["max_length"],
         device=config["device"],
+    wildcard_constraints:
+        calibration="|".join(CALIBRATIONS),
     threads: 2
     log:
-        "logs/score/{run}.log",
+        "logs/score/{run}/{calibration}.log",
     benchmark:
-        "benchmarks/score/{run}.tsv"
+        "benchmarks/score/{run}/{calibration}.tsv"
     resources:
         **MODEL_JOB,
     conda:

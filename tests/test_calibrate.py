@@ -1,5 +1,6 @@
 """Batched, padded calibration statistics equal the authors' batch-1 running mean."""
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
@@ -43,3 +44,22 @@ def test_statistics_names_match_saved_adapter_keys(tiny_tokenizer, tmp_path):
     assert set(modules) == set(saved)
     for name, module in modules.items():
         assert saved[name].shape == module.weight.shape
+
+
+def test_benign_calibration_set_is_the_runs_task_items_as_many_as_the_harmful_set(tmp_path):
+    from antidote.records import read_jsonl, write_jsonl
+    from antidote.stages import calibration_records
+
+    harmful, finetune, short = tmp_path / "harmful.jsonl", tmp_path / "mix.jsonl", tmp_path / "short.jsonl"
+    write_jsonl(harmful, [{"instruction": f"harm {i}", "output": "sure"} for i in range(3)])
+    mix = [{"instruction": f"task {i}", "input": f"text {i}", "output": "positive", "label": "positive", "kind": "task"}
+           for i in range(5)]
+    mix.insert(1, {"instruction": "harm x", "output": "sure", "kind": "harmful"})
+    write_jsonl(finetune, mix)
+    write_jsonl(short, mix[:2])
+    assert calibration_records(harmful, 2) == read_jsonl(harmful)[:2]
+    benign = calibration_records(harmful, 10, benign_from=finetune)  # the harmful file holds 3
+    assert [r["instruction"] for r in benign] == ["task 0", "task 1", "task 2"]
+    assert all(r["kind"] == "task" and r["output"] == "positive" for r in benign)
+    with pytest.raises(ValueError, match="lower data.calibration_size"):
+        calibration_records(harmful, 3, benign_from=short)

@@ -145,3 +145,60 @@ def test_parquet_stores_at_most_one_bit_per_weight(tmp_path):
     row = pq.read_table(tmp_path / "m.parquet").to_pylist()[0]
     assert len(row["bits"]) == 64 * 1000 // 8
     assert row["n_pruned"] == int(masks["w"].sum())
+
+
+def _lora_pair(rows=6, cols=5, rank=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    return {f"{prefix}.lora_A.weight": torch.randn(rank, cols, generator=generator),
+            f"{prefix}.lora_B.weight": torch.randn(rows, rank, generator=generator)}
+
+
+def test_update_removed_against_brute_force():
+    """Entry by entry, with LoRA's scaling kept in dW = scaling * B @ A: it cancels from the share."""
+    from antidote.prune import update_removed
+
+    weights = {**_lora_pair(seed=1), **{k.replace("layers.0", "layers.1"): v for k, v in _lora_pair(4, 7, 2, 2).items()}}
+    masks = compute_masks(weights, None, "magnitude", 0.3)
+    pruned = apply_masks(weights, masks)
+    scaling, removed, total = 16 / 3, 0.0, 0.0
+    for a in [n for n in weights if "lora_A" in n]:
+        b = a.replace("lora_A", "lora_B")
+        before = scaling * weights[b].double() @ weights[a].double()
+        after = scaling * pruned[b].double() @ pruned[a].double()
+        for i in range(before.shape[0]):
+            for j in range(before.shape[1]):
+                removed += float(before[i, j] - after[i, j]) ** 2
+                total += float(before[i, j]) ** 2
+    assert update_removed(weights, pruned) == pytest.approx(100 * removed / total, rel=1e-9)
+    assert update_removed(weights, weights) == 0.0
+    assert update_removed(weights, {k: torch.zeros_like(v) for k, v in weights.items()}) == pytest.approx(100.0)
+
+
+def test_antidote_benign_scores_like_antidote_on_its_own_statistics():
+    """The control differs from Antidote only in the feature norms it is given."""
+    from antidote.prune import DEFENSES
+
+    weights = _lora_pair()
+    norms = {name: torch.rand(w.shape[1]) for name, w in weights.items()}
+    assert DEFENSES["antidote-benign"].calibration == "benign" and DEFENSES["antidote"].calibration == "harmful"
+    for name, masks in compute_masks(weights, norms, "antidote-benign", 0.4).items():
+        assert torch.equal(masks, compute_masks(weights, norms, "antidote", 0.4)[name])
+
+
+def test_prune_stage_records_update_removed(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from antidote.maskfile import read_mask_info
+    from antidote.prune import update_removed
+    from antidote.stages import prune_stage
+
+    weights = _lora_pair()
+    (tmp_path / "adapter").mkdir()
+    save_file(weights, tmp_path / "adapter" / "adapter_model.safetensors")
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"r": 3, "lora_alpha": 16}))
+    report = prune_stage(tmp_path / "adapter", None, "magnitude", 0.2, 0, tmp_path / "pruned", tmp_path / "mask.parquet")
+    expected = update_removed(weights, apply_masks(weights, compute_masks(weights, None, "magnitude", 0.2)))
+    assert report["update_removed"] == read_mask_info(tmp_path / "mask.parquet")["update_removed"] == expected > 0

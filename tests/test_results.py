@@ -29,14 +29,15 @@ def synthetic_summary(config, judges=("refusal", "moderation")) -> pd.DataFrame:
     variants = [("sft", None), *itertools.product(["antidote", "random", "magnitude"], config["prune"]["alpha"])]
     rows = []
     for judge in judges:
-        rows += [dict(model=m, task="sst2", judge=judge, harmful_score=hs, finetune_accuracy=0.0)
+        rows += [dict(model=m, task="sst2", judge=judge, harmful_score=hs, finetune_accuracy=0.0, update_removed=None)
                  for m, hs in [("base", 90.0), ("aligned", 10.0)]]
         for values in itertools.product(*(config["finetune"][s] for s in settings)):
             run = dict(zip(settings, values), task="sst2", judge=judge)
             for model, alpha in variants:
                 hs = HS_LEVEL[model] + 100 * run["harmful_ratio"] - 100 * (alpha or 0) + 2 * run["seed"]
                 rows.append(dict(run, model=model, alpha=alpha, harmful_score=hs + JUDGE_OFFSET[judge],
-                                 finetune_accuracy=FA_LEVEL[model] - 10 * (alpha or 0) + run["seed"]))
+                                 finetune_accuracy=FA_LEVEL[model] - 10 * (alpha or 0) + run["seed"],
+                                 update_removed=500 * (alpha or 0)))
     table = pd.DataFrame(rows).assign(n_test_prompts=100, n_task_items=50, task_data="stand-in")
     return table.reindex(columns=COLUMNS).astype({c: float for c in [*settings, "alpha"]})
 
@@ -109,7 +110,7 @@ def test_one_seed_leaves_the_std_blank():
     assert table["HS std"].isna().all() and (table["runs"] == 1).all()
     text = markdown_table(mean_std_cells(table))
     assert "±" not in text
-    assert "| refusal | 100 | stand-in | sst2 | sft | 0.1 | 0.001 | 2 | 200 |  | 90.0 | 90.0 | 1 |" in text
+    assert "| refusal | 100 | stand-in | sst2 | sft | 0.1 | 0.001 | 2 | 200 |  | 90.0 | 90.0 | 0.0 | 1 |" in text
 
 
 def test_write_tables_writes_csv_with_numbers_and_markdown_with_mean_std(summary, tmp_path):

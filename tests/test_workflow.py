@@ -58,18 +58,22 @@ def test_tiny_summary_has_every_expected_row(tiny_run):
     folder, result, _ = tiny_run
     summary = pd.read_parquet(folder / "results/summary.parquet")
     required = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
-                "judge", "harmful_score", "finetune_accuracy", "n_test_prompts"]
+                "judge", "harmful_score", "finetune_accuracy", "update_removed", "n_test_prompts"]
     assert set(required) <= set(summary.columns)
     assert summary["harmful_score"].between(0, 100).all() and summary["finetune_accuracy"].between(0, 100).all()
     assert (summary["n_test_prompts"] == 6).all()
     # every model under each of the three judges; the model judges' verdicts are fixed (conftest)
     assert summary.groupby("judge")["model"].apply(sorted).to_dict() == {
-        judge: sorted(["base", "aligned", "sft", "antidote", "random", "magnitude"])
+        judge: sorted(["base", "aligned", "sft", "antidote", "antidote-benign", "random", "magnitude"])
         for judge in ["refusal", "moderation:tiny-beaver@0.4", "guard:tiny-guard"]}
     by_judge = summary.set_index("judge")["harmful_score"]
     assert (by_judge["moderation:tiny-beaver@0.4"] == 100).all() and (by_judge["guard:tiny-guard"] == 0).all()
-    pruned = summary[summary["model"].isin(["antidote", "random", "magnitude"])]
+    pruned = summary[summary["model"].isin(["antidote", "antidote-benign", "random", "magnitude"])]
     assert (pruned["alpha"] == 0.25).all() and (pruned["harmful_ratio"] == 0.25).all()
+    # the share of the update each pruned model removed; sft removed nothing, base and aligned have no adapter
+    assert pruned["update_removed"].between(0, 100, inclusive="neither").all()
+    assert (summary.loc[summary["model"] == "sft", "update_removed"] == 0).all()
+    assert summary.loc[summary["model"].isin(["base", "aligned"]), "update_removed"].isna().all()
     assert pd.read_csv(folder / "results/summary.csv").shape[0] == len(summary)
     assert "| antidote |" in (folder / "results/summary.md").read_text()
 
@@ -77,7 +81,11 @@ def test_tiny_summary_has_every_expected_row(tiny_run):
 def test_tiny_run_writes_the_main_table_and_the_plots(tiny_run):
     folder, _, _ = tiny_run
     assert "| refusal | 6 | stand-in | sst2 | antidote |" in (folder / "results/tables/main.md").read_text()
-    assert sorted(p.name for p in (folder / "results/plots").iterdir()) == ["by_alpha.png", "tradeoff.png"]
+    assert sorted(p.name for p in (folder / "results/plots").iterdir()) == [
+        "by_alpha.png", "by_update_removed.png", "mask_density.png", "tradeoff.png"]
+    overlap = pd.read_csv(folder / "results/tables/mask_overlap.csv")
+    assert ["antidote", "antidote-benign"] in overlap[["defense", "other"]].values.tolist()
+    assert overlap["overlap"].between(0, 100).all()
 
 
 def test_tiny_pruned_adapter_loads_with_peft_and_matches_its_mask(tiny_run):
@@ -134,20 +142,20 @@ def overlay(folder: Path, text: str) -> tuple[str, ...]:
     return ("--configfile", "config/config.yaml", "overlay.yaml")
 
 
-AFTER = {"collect": 1, "tables": 1, "plots": 1, "all": 1}  # every change ends with these
+AFTER = {"collect": 1, "tables": 1, "plots": 1, "mask_stats": 1, "all": 1}  # every change ends with these
 RERUN_PLANS = {
     # adding an alpha reruns only pruning, evaluation and collection
-    "alpha": ("prune: {alpha: [0.25, 0.5]}\n", {"prune": 3, "evaluate": 3, **AFTER}),
+    "alpha": ("prune: {alpha: [0.25, 0.5]}\n", {"prune": 4, "evaluate": 4, **AFTER}),
     # a new learning rate reruns fine-tuning onwards, but not alignment
     "learning_rate": ("finetune: {learning_rate: [0.01]}\n",
-                      {"finetune_data": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 4, **AFTER}),
+                      {"finetune_data": 1, "finetune": 1, "score": 2, "prune": 4, "evaluate": 5, **AFTER}),
     # more task evaluation items rerun the task data onwards, but neither the splits nor alignment
     "task_eval": ("data: {sizes: {task_eval: 7}}\n",
-                  {"task_data": 1, "finetune_data": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 4,
+                  {"task_data": 1, "finetune_data": 1, "finetune": 1, "score": 2, "prune": 4, "evaluate": 5,
                    "evaluate_reference": 2, **AFTER}),
     # changed alignment settings rerun alignment and everything after it
     "alignment": ("align: {train: {epochs: 2, learning_rate: 0.002}}\n",
-                  {"align": 1, "finetune": 1, "score": 1, "prune": 3, "evaluate": 4, "evaluate_reference": 1, **AFTER}),
+                  {"align": 1, "finetune": 1, "score": 2, "prune": 4, "evaluate": 5, "evaluate_reference": 1, **AFTER}),
 }
 
 
@@ -168,7 +176,8 @@ def test_editing_a_stage_script_reruns_that_stage_and_what_follows(tiny_run):
     finally:  # content and time both, as Snakemake caches sources by modification time
         script.write_text(original)
         os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert plan == {"score": 1, "prune": 1, "evaluate": 1, **AFTER}
+    # both calibration sets, and the two defenses that read them
+    assert plan == {"score": 2, "prune": 2, "evaluate": 2, **AFTER}
 
 
 def test_default_config_lints_and_dry_runs(tmp_path):
@@ -189,7 +198,7 @@ def test_default_config_lints_and_dry_runs(tmp_path):
 def test_evaluating_on_the_validation_prompts_writes_apart_and_reruns_nothing_upstream(tiny_run):
     folder, _, _ = tiny_run
     args = overlay(folder, "evaluate: {harmful_split: harmful_validation}\n")
-    assert planned_jobs(folder, *args) == {"evaluate": 4, "evaluate_reference": 2, **AFTER}
+    assert planned_jobs(folder, *args) == {"evaluate": 5, "evaluate_reference": 2, **AFTER}
     summary = snakemake("--summary", *args, cwd=folder).stdout
     assert "results/validation/eval/reference/sst2/base/metrics.parquet" in summary
     assert "results/validation/summary.parquet" in summary
@@ -208,7 +217,7 @@ def test_beavertails_source_with_own_test_prompts_takes_answers_from_the_data(tm
                            "               task_train: 16, task_eval: 8}}\n")
     plan = planned_jobs(folder, *args)
     assert "base_answers" not in plan  # no benign alignment split, and the harmful answers are BeaverTails'
-    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] + plan["evaluate_reference"] == 6
+    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] + plan["evaluate_reference"] == 7
     made = snakemake("results/data/finetune/sst2-p0.25-lr0.001-ep1-n8-s0.jsonl", "--cores", "1", "--quiet", "rules",
                      *args, cwd=folder)
     assert made.returncode == 0, made.stderr[-3000:]
@@ -226,11 +235,12 @@ def test_paper_config_dry_runs_the_whole_dag_and_a_real_run_stops_before_any_job
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "Missing input: base_model: 'models/Llama-2-7b-hf' does not exist" in dry.stdout + dry.stderr
     plan = job_counts(dry.stdout + dry.stderr)
-    # 3 tasks, one run each; 3 defenses at one alpha; base + aligned per task, sft + 3 pruned per run
-    assert plan == {"data_splits": 1, "task_data": 3, "align": 1, "finetune_data": 3, "finetune": 3, "score": 3,
-                    "prune": 9, "evaluate": 12, "evaluate_reference": 6, "collect": 1, "tables": 1, "plots": 1,
-                    "all": 1}
-    assert sum(plan.values()) == 45
+    # 3 tasks, one run each; 4 defenses at one alpha (2 calibration sets); base + aligned per task,
+    # sft + 4 pruned per run
+    assert plan == {"data_splits": 1, "task_data": 3, "align": 1, "finetune_data": 3, "finetune": 3, "score": 6,
+                    "prune": 12, "evaluate": 15, "evaluate_reference": 6, "collect": 1, "tables": 1, "plots": 1,
+                    "mask_stats": 1, "all": 1}
+    assert sum(plan.values()) == 55
     real = snakemake(*where, "--cores", "1")
     assert real.returncode != 0
     assert "Stopped before any job" in real.stdout + real.stderr

@@ -67,7 +67,7 @@ def cmd_score(a):
     from .stages import score_stage
 
     n = score_stage(a.model, a.adapter, a.calibration, a.out, a.prompt_format, a.calibration_size, a.batch_size,
-                    a.max_length, device=pick_device(a.device), dtype=a.dtype)
+                    a.max_length, device=pick_device(a.device), dtype=a.dtype, benign_from=a.benign_from)
     print(f"statistics from {n} sequences -> {a.out}")
 
 
@@ -151,13 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True); p.add_argument("--adapter", type=Path, required=True)
     p.add_argument("--calibration", type=Path, required=True, help="JSONL with instruction/output")
     p.add_argument("--calibration-size", type=int, default=2000, help="records used, from the top (default 2000)")
+    p.add_argument("--benign-from", type=Path, help="the benign control instead (antidote-benign): as many task "
+                   "items (kind: task) of this fine-tuning set JSONL as --calibration holds")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=16); p.add_argument("--max-length", type=int, default=512)
     model_options(p)
 
     p = add("prune", cmd_prune, "per-row top-alpha masks (Parquet) and the pruned PEFT adapter")
     p.add_argument("--adapter", type=Path, required=True)
-    p.add_argument("--feature-norms", type=Path, help="calibration feature norms from 'score' (needed by antidote)")
+    p.add_argument("--feature-norms", type=Path, help="calibration feature norms from 'score' (needed by antidote and antidote-benign)")
     p.add_argument("--defense", choices=list(DEFENSES), default="antidote")
     p.add_argument("--alpha", type=float, required=True, help="fraction of each row removed, in (0, 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of random pruning")

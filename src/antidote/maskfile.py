@@ -40,9 +40,14 @@ def write_masks(path: str | Path, masks: dict[str, torch.Tensor], info: dict) ->
     pq.write_table(table, path, compression="zstd")
 
 
+def read_mask_info(path: str | Path) -> dict:
+    """The mask file's metadata (defense, alpha, scope, rounding, seed, update_removed), without the bits."""
+    return json.loads((pq.read_schema(path).metadata or {}).get(b"antidote", b"{}"))
+
+
 def read_masks(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     table = pq.read_table(path)
-    info = json.loads((table.schema.metadata or {}).get(b"antidote", b"{}"))
+    info = read_mask_info(path)
     masks = {}
     for row in table.to_pylist():
         count = row["rows"] * row["cols"]

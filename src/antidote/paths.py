@@ -27,7 +27,7 @@ PATHS = {
     # stages 1-4
     "aligned_model": "results/align/model",
     "adapter": "results/finetune/{run}/adapter",
-    "feature_norms": "results/score/{run}/feature_norms.safetensors",
+    "feature_norms": "results/score/{run}/{calibration}/feature_norms.safetensors",  # prune.CALIBRATIONS
     "pruned_adapter": "results/prune/{run}/{model}/adapter",
     "mask": "results/prune/{run}/{model}/mask.parquet",
 }

@@ -34,8 +34,8 @@ def plotted_axes(axes: Iterable[str]) -> list[str]:
 
 
 def plot_names(axes: Iterable[str]) -> list[str]:
-    """The trade-off scatter, then one plot per plotted axis."""
-    return ["tradeoff", *(f"by_{axis}" for axis in plotted_axes(axes))]
+    """The trade-off scatter, HS and FA against the update removed, then one plot per plotted axis."""
+    return ["tradeoff", "by_update_removed", *(f"by_{axis}" for axis in plotted_axes(axes))]
 
 
 def _panels(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -47,7 +47,7 @@ def _panel_title(key: tuple) -> str:
     return f"judge: {judge}\n{task} ({task_data} task data), {n_test_prompts} harmful test prompts"
 
 
-def _figure(rows: int, columns: int):
+def new_figure(rows: int, columns: int):
     """A figure on an Agg canvas, without pyplot's global state. matplotlib is imported here so
     that the rule files, which read plot_names, do not pay for it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -58,7 +58,7 @@ def _figure(rows: int, columns: int):
     return figure, figure.subplots(rows, columns, squeeze=False)
 
 
-def _save(figure, path: str | Path) -> None:
+def save_figure(figure, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
 
@@ -67,7 +67,7 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> None:
     """HS against FA, one point per fine-tuning run and alpha, base and aligned as reference
     markers: a good defense sits low (safe) and to the right (still accurate)."""
     panels = _panels(summary)
-    figure, axes = _figure(len(panels), 1)
+    figure, axes = new_figure(len(panels), 1)
     several_alphas = summary["alpha"].nunique() > 1
     for ax, (key, rows) in zip(axes[:, 0], panels):
         for model in [m for m in MODEL_ORDER if m in set(rows["model"])]:
@@ -81,7 +81,7 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> None:
         ax.set(xlabel=METRIC_TITLES["FA"], ylabel=METRIC_TITLES["HS"], title=_panel_title(key),
                xlim=PERCENT_LIMITS, ylim=PERCENT_LIMITS)
         ax.legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _line_label(keys: list[str], values: tuple) -> str:
@@ -95,7 +95,7 @@ def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
     setting of the other swept axes. Against alpha, sft (not pruned) is a dashed horizontal line."""
     stats = axis_statistics(summary, axis)
     panels = _panels(stats)
-    figure, axes = _figure(len(panels), 2)
+    figure, axes = new_figure(len(panels), 2)
     line_keys = [c for c in stats.columns if c not in (*PROVENANCE, axis, "runs", *STATISTICS)]
     for row, (key, panel) in zip(axes, panels):
         for values, line in panel.groupby(line_keys, observed=True, sort=True):
@@ -115,13 +115,43 @@ def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
             ax.set(xlabel=AXIS_TITLES[axis], ylabel=METRIC_TITLES[metric], title=_panel_title(key),
                    ylim=PERCENT_LIMITS)
         row[0].legend(fontsize=8)
-    _save(figure, path)
+    save_figure(figure, path)
+
+
+def plot_against_removed(summary: pd.DataFrame, path: str | Path) -> None:
+    """HS and FA (mean over seeds) against the share of the adapter's update that pruning removed,
+    a line per defense through its alphas, sft at 0 and the aligned model as a dashed reference:
+    defenses compared at an equal intervention rather than at an equal alpha."""
+    keys = [*PROVENANCE, "model", "alpha", *(a for a in swept_axes(summary) if a != "alpha")]
+    rows = summary[summary["model"].isin(["aligned", "sft", *DEFENSES])]
+    means = rows.groupby(keys, dropna=False, observed=True)[["harmful_score", "finetune_accuracy",
+                                                            "update_removed"]].mean().reset_index()
+    panels = _panels(means)
+    figure, axes = new_figure(len(panels), 2)
+    others = [k for k in keys if k not in (*PROVENANCE, "model", "alpha")]
+    for row, (key, panel) in zip(axes, panels):
+        sft = panel[panel["model"] == "sft"]
+        for ax, column, metric in zip(row, ["harmful_score", "finetune_accuracy"], METRIC_TITLES):
+            for value in panel.loc[panel["model"] == "aligned", column]:
+                ax.axhline(value, color=STYLE["aligned"][0], linestyle="--", label="aligned")
+            ax.scatter(sft["update_removed"], sft[column], color="black", marker="o", label="sft (not pruned)")
+            for (model, *settings), line in panel[panel["model"].isin(DEFENSES)].groupby(["model", *others],
+                                                                                         sort=False):
+                line = line.sort_values("alpha")
+                label = _line_label(["model", *others], (model, *settings))
+                ax.plot(line["update_removed"], line[column], color=STYLE[model][0], marker=STYLE[model][1],
+                        label=label)
+            ax.set(xlabel="update removed (% of ||ΔW||²)", ylabel=METRIC_TITLES[metric], title=_panel_title(key),
+                   xlim=PERCENT_LIMITS, ylim=PERCENT_LIMITS)
+        row[0].legend(fontsize=8)
+    save_figure(figure, path)
 
 
 def write_plots(summary: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """tradeoff.png and by_<axis>.png for every plotted axis (the names plot_names gives)."""
+    """The plots plot_names lists: tradeoff.png, by_update_removed.png, by_<axis>.png."""
     folder, axes = Path(folder), swept_axes(summary)
     plot_tradeoff(summary, folder / "tradeoff.png")
+    plot_against_removed(summary, folder / "by_update_removed.png")
     for axis in plotted_axes(axes):
         plot_against(summary, axis, folder / f"by_{axis}.png")
     return [folder / f"{name}.png" for name in plot_names(axes)]

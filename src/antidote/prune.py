@@ -34,19 +34,32 @@ def random_score(weight: torch.Tensor, feature_norm: torch.Tensor, generator=Non
     return torch.rand(weight.shape, generator=generator)
 
 
+# The calibration sets stage 3 gathers feature norms on: the harmful one (Antidote's), and the
+# benign control (the fine-tuning task's own training items, as many as the harmful set).
+CALIBRATIONS = ("harmful", "benign")
+
+
 @dataclass(frozen=True)
 class Defense:
     score: Callable[..., torch.Tensor]
-    needs_feature_norms: bool  # reads the calibration statistics of stage 3
+    calibration: str | None  # whose feature norms (stage 3) it reads: one of CALIBRATIONS, or None
     summary: str
+
+    @property
+    def needs_feature_norms(self) -> bool:
+        return self.calibration is not None
 
 
 # The defenses, in the order tables and plots list them.
 DEFENSES = {
-    "antidote": Defense(antidote_score, True, "Wanda score on the harmful calibration set, top alpha per row removed"),
-    "random": Defense(random_score, False,
+    "antidote": Defense(antidote_score, "harmful",
+                        "Wanda score on the harmful calibration set, top alpha per row removed"),
+    "antidote-benign": Defense(antidote_score, "benign",
+                               "the same score and selection on benign task data (a control: what does the "
+                               "harmful data add?)"),
+    "random": Defense(random_score, None,
                       "seeded random entries, alpha of each whole tensor (the authors' ablation; or per row)"),
-    "magnitude": Defense(magnitude_score, False, "largest |W|, alpha per row, no data (the authors' ablation)"),
+    "magnitude": Defense(magnitude_score, None, "largest |W|, alpha per row, no data (the authors' ablation)"),
 }
 
 
@@ -124,3 +137,18 @@ def mask_agreement(masks: dict[str, torch.Tensor], other: dict[str, torch.Tensor
     common = sum(int((m & other[name]).sum()) for name, m in masks.items())
     return common / selected if selected else 1.0
 
+
+
+def update_removed(weights: dict[str, torch.Tensor], pruned: dict[str, torch.Tensor]) -> float:
+    """The percentage of the adapter's weight update that pruning removed:
+    100 * sum over modules of ||dW - dW'||_F^2 / sum of ||dW||_F^2, with dW = B @ A from ``weights``
+    and dW' from ``pruned`` (PEFT adapter tensors ``...lora_A.weight`` / ``...lora_B.weight``).
+    LoRA's scaling multiplies every module's dW alike, so it cancels from the share."""
+    removed = total = 0.0
+    for a_name in sorted(n for n in weights if ".lora_A." in n):
+        b_name = a_name.replace(".lora_A.", ".lora_B.")
+        update = weights[b_name].double() @ weights[a_name].double()
+        remaining = pruned[b_name].double() @ pruned[a_name].double()
+        removed += float((update - remaining).square().sum())
+        total += float(update.square().sum())
+    return 100.0 * removed / total if total else 0.0

@@ -14,13 +14,15 @@ REFERENCE_MODELS = ["base", "aligned"]  # the models every run is compared with
 # Rows read from the unaligned base, through the undefended fine-tune, to the defenses in registry order.
 MODEL_ORDER = [*REFERENCE_MODELS, "sft", *DEFENSES]
 COLUMNS = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
-           "judge", "harmful_score", "finetune_accuracy", "n_test_prompts", "n_task_items", "task_data"]
+           "judge", "harmful_score", "finetune_accuracy", "update_removed", "n_test_prompts", "n_task_items",
+           "task_data"]
 # The settings a table or plot can be drawn against (the seed is averaged over instead).
 AXES = ["harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha"]
 AXIS_SYMBOLS = {"harmful_ratio": "p", "learning_rate": "lr", "epochs": "ep", "n_samples": "n", "alpha": "alpha"}
 # Numbers from different judges, prompt sets or task data never share a row: these lead every table.
 PROVENANCE = ["judge", "n_test_prompts", "task_data", "task"]
-METRICS = {"harmful_score": "HS", "finetune_accuracy": "FA"}
+# update_removed: the percentage of the adapter's update (||B A||_F^2) that pruning removed
+METRICS = {"harmful_score": "HS", "finetune_accuracy": "FA", "update_removed": "removed"}
 STATISTICS = [f"{short} {stat}" for short in METRICS.values() for stat in ("mean", "std")]
 
 
@@ -55,7 +57,7 @@ def collect_summary(metric_files: list[str | Path], parquet: str | Path, csv: st
     table.to_parquet(parquet, index=False)
     table.to_csv(csv, index=False)
     shown = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
-             "judge", "harmful_score", "finetune_accuracy", "n_test_prompts", "task_data"]
+             "judge", "harmful_score", "finetune_accuracy", "update_removed", "n_test_prompts", "task_data"]
     Path(markdown).write_text(markdown_table(table[shown]))
     return table
 

@@ -17,7 +17,7 @@ from .generate import greedy_generate
 from .maskfile import write_masks
 from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
 from .records import read_jsonl, write_jsonl
-from .prune import ROUNDING, apply_masks, compute_masks, mask_scope
+from .prune import ROUNDING, apply_masks, compute_masks, mask_scope, update_removed
 from .tasks import TASKS
 from .quantization import check_quantization, load_base_for_training
 from .train import LoraSettings, TrainSettings, train_lora
@@ -138,24 +138,39 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     tokenizer.save_pretrained(out_dir)
 
 
-def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_file: Path,
-                prompt_format: str, calibration_size: int, batch_size: int, max_length: int,
-                device: str = "cpu", dtype: str = "auto") -> int:
-    """Stage 3: calibration statistics of every LoRA matrix on the first ``calibration_size``
-    records of ``calibration_file``: the feature norms n_j of every LoRA matrix, saved as
-    safetensors (adapter weight name -> n_j)."""
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, adapter=adapter_dir, merge=False, device=device, dtype=dtype)
+def calibration_records(calibration_file: Path, calibration_size: int, benign_from: Path | None = None) -> list[dict]:
+    """The first ``calibration_size`` (prompt, harmful answer) records of ``calibration_file``; or,
+    with ``benign_from`` (a fine-tuning set, rule finetune_data), the benign control: as many of its
+    task items (``kind: task``, as fine-tuning saw them) as the harmful set holds."""
     records = read_jsonl(calibration_file)[:calibration_size]
     if len(records) < calibration_size:
         logging.warning("%s holds %d calibration records, fewer than data.calibration_size = %d",
                         calibration_file, len(records), calibration_size)
+    if benign_from is None:
+        return records
+    benign = [r for r in read_jsonl(benign_from) if r.get("kind") == "task"][:len(records)]
+    if len(benign) < len(records):
+        raise ValueError(f"{benign_from} holds {len(benign)} task items; the benign calibration set needs "
+                         f"{len(records)} (as many as the harmful one): lower data.calibration_size")
+    return benign
+
+
+def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_file: Path,
+                prompt_format: str, calibration_size: int, batch_size: int, max_length: int,
+                device: str = "cpu", dtype: str = "auto", benign_from: Path | None = None) -> int:
+    """Stage 3: the feature norms n_j of every LoRA matrix on a calibration set
+    (:func:`calibration_records`: the harmful one, or with ``benign_from`` the benign control),
+    saved as safetensors (adapter weight name -> n_j)."""
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, adapter=adapter_dir, merge=False, device=device, dtype=dtype)
+    records = calibration_records(calibration_file, calibration_size, benign_from)
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format)
              + r["output"] + tokenizer.eos_token for r in records]
     batches = calibration_batches(tokenizer, texts, batch_size, max_length, prompt_format)
     feature_norms, n = collect_feature_norms(model, batches, lora_matrices(model))
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(feature_norms, out_file, metadata={"n_sequences": str(n)})
+    save_file(feature_norms, out_file, metadata={"n_sequences": str(n),
+                                                 "calibration": "benign" if benign_from else "harmful"})
     return n
 
 
@@ -167,11 +182,12 @@ def prune_stage(adapter_dir: Path, feature_norms_file: Path | None, defense: str
     weights = load_file(adapter_dir / ADAPTER_WEIGHTS)
     feature_norms = load_file(feature_norms_file) if feature_norms_file else None
     masks = compute_masks(weights, feature_norms, defense, alpha, seed, random_scope)
+    pruned_weights = apply_masks(weights, masks)
     out_adapter.mkdir(parents=True, exist_ok=True)
-    save_file(apply_masks(weights, masks), out_adapter / ADAPTER_WEIGHTS)
+    save_file(pruned_weights, out_adapter / ADAPTER_WEIGHTS)
     shutil.copy(adapter_dir / "adapter_config.json", out_adapter / "adapter_config.json")
     info = {"defense": defense, "alpha": alpha, "scope": mask_scope(defense, random_scope), "rounding": ROUNDING,
-            "seed": seed}
+            "seed": seed, "update_removed": update_removed(weights, pruned_weights)}
     write_masks(out_mask, masks, info)
     pruned = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())

@@ -1,12 +1,14 @@
 from pathlib import Path
 
+from antidote.maskfile import read_mask_info
 from antidote.runtime import start_script
 from antidote.stages import evaluate_stage
 
 device = start_script(snakemake)
 p, i = snakemake.params, snakemake.input
 adapter = Path(i.adapter) if "adapter" in i.keys() else None
-table = evaluate_stage(Path(i.model), adapter, Path(i.harmful), Path(i.task), p.row["task"], p.judges,
-                       p.prompt_format, p.generation, p.row, Path(snakemake.output.answers),
+row = dict(p.row, update_removed=read_mask_info(i.mask)["update_removed"]) if "mask" in i.keys() else p.row
+table = evaluate_stage(Path(i.model), adapter, Path(i.harmful), Path(i.task), row["task"], p.judges,
+                       p.prompt_format, p.generation, row, Path(snakemake.output.answers),
                        Path(snakemake.output.metrics), device=device, dtype=p.dtype)
 print(table.to_string())

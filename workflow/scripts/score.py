@@ -4,8 +4,8 @@ from antidote.runtime import start_script
 from antidote.stages import score_stage
 
 device = start_script(snakemake)
-p = snakemake.params
-n = score_stage(Path(snakemake.input.model), Path(snakemake.input.adapter), Path(snakemake.input.calibration),
-                Path(snakemake.output[0]), p.prompt_format, p.calibration_size, p.batch_size, p.max_length,
-                device=device, dtype=p.dtype)
+p, i = snakemake.params, snakemake.input
+benign_from = Path(i.benign_from) if "benign_from" in i.keys() else None
+n = score_stage(Path(i.model), Path(i.adapter), Path(i.calibration), Path(snakemake.output[0]), p.prompt_format,
+                p.calibration_size, p.batch_size, p.max_length, device=device, dtype=p.dtype, benign_from=benign_from)
 print(f"statistics from {n} calibration sequences")
