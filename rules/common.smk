@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from antidote.config import check_config, expand_runs, missing_paths, resolve_hub_names, split_sources
+from antidote.config import check_config, defense_alphas, expand_runs, missing_paths, resolve_hub_names, split_sources
 from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_paths, pruned_name
 from antidote.plots import plot_names
 from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
@@ -42,16 +42,15 @@ SPLIT_NAMES = [
 # (sst2-p0.2-lr0.001-ep2-n200-s0), with the mask ratios it is pruned with.
 RUNS = expand_runs(config)
 TASKS = sorted({run["task"] for run in RUNS.values()})
-DEFENSES = config["prune"]["defenses"]
 # Every pruned model's name (antidote-a0.1) -> its defense and alpha: names are made, never parsed back.
-PRUNED = {pruned_name(d, a): {"defense": d, "alpha": a} for d in DEFENSES for r in RUNS.values() for a in r["alphas"]}
+PRUNED = {pruned_name(d, a): {"defense": d, "alpha": a} for r in RUNS.values() for d, a in defense_alphas(r, config["prune"])}
 # The axes with more than one value get tables and plots of their own.
-SWEPT_AXES = swept_axes(run_axes(RUNS))
+SWEPT_AXES = swept_axes({**run_axes(RUNS), "alpha": sorted({p["alpha"] for p in PRUNED.values()})})
 
 
 def run_models(run):
     """The models of a fine-tuning run: the undefended adapter, then each defense at each alpha."""
-    return ["sft", *(pruned_name(d, a) for d in DEFENSES for a in RUNS[run]["alphas"])]
+    return ["sft", *(pruned_name(d, a) for d, a in defense_alphas(RUNS[run], config["prune"]))]
 
 
 # (run, model) of every pruned model of the grid

@@ -56,6 +56,9 @@ BAD = [
     ("data.advbench", "nowhere/adv_bench.prompt", ["data.advbench: 'nowhere/adv_bench.prompt' does not exist"]),
     ("finetune.learning_rate", [1e-3, 1e-3], ["finetune.learning_rate: [0.001, 0.001] lists a value twice"]),
     ("prune.alpha", [0.1, 0.1], ["prune.alpha: [0.1, 0.1] lists a value twice"]),
+    ("prune.alpha_by_defense", {"antidote": [0.1, 0.1]}, ["prune.alpha_by_defense.antidote: [0.1, 0.1] lists a value twice"]),
+    ("prune.alpha_by_defense", {"wanda": [0.2]},
+     ["prune.alpha_by_defense: 'wanda' is not one of the defenses of prune.defenses"]),
     ("finetune.n_samples", [5000], ["needs up to 1000 harmful samples but data.sizes.harmful_finetune_pool is 80"]),
     ("data.calibration_size", 500, ["data.calibration_size: 500 is larger than data.sizes.calibration_pool (48)"]),
     ("finetune.task", ["agnews"], ["finetune.task: 'agnews' has no built-in data; set tasks.agnews.train"]),
@@ -111,3 +114,11 @@ def test_the_workflow_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "2.0 is greater than the maximum of 1" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
+
+
+def test_alpha_by_defense_gives_one_defense_a_curve():
+    from antidote.config import defense_alphas
+
+    prune = {"defenses": ["antidote", "random"], "alpha_by_defense": {"antidote": [0.05, 0.1, 0.2]}}
+    assert defense_alphas({"alphas": [0.1]}, prune) == [("antidote", 0.05), ("antidote", 0.1), ("antidote", 0.2),
+                                                        ("random", 0.1)]

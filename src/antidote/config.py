@@ -54,6 +54,13 @@ def expand_runs(config: dict) -> dict[str, dict]:
     return runs
 
 
+def defense_alphas(run: dict, prune: dict) -> list[tuple[str, float]]:
+    """(defense, alpha) of every pruned model of a run: each defense at the run's alphas, or at
+    ``prune.alpha_by_defense[defense]`` where given (a curve for one defense, one point for the others)."""
+    by_defense = prune.get("alpha_by_defense") or {}
+    return [(defense, alpha) for defense in prune["defenses"] for alpha in by_defense.get(defense, run["alphas"])]
+
+
 def local_path(key: str, value: str) -> str:
     """Where a path the config names lives: a model ``hf://org/name`` where rule hub_model puts it,
     a dataset split ``hf://datasets/org/name[/subset]/split`` where rule hub_dataset does."""
@@ -100,7 +107,9 @@ def check_names(config: dict) -> None:
                for i, run in enumerate(finetune.get("runs") or []) if "task" in run),
              ("tasks", list(config.get("tasks") or {}), TASKS, "tasks"),
              ("prune.alpha_by_task", list(prune.get("alpha_by_task") or {}), TASKS, "tasks"),
-             ("prune.defenses", prune["defenses"], DEFENSES, "defenses")]
+             ("prune.defenses", prune["defenses"], DEFENSES, "defenses"),
+             ("prune.alpha_by_defense", list(prune.get("alpha_by_defense") or {}), prune["defenses"],
+              "defenses of prune.defenses")]
     for key, values, registry, what in named:
         for value in values:
             if value not in registry:
@@ -118,7 +127,9 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
         if len(set(values)) != len(values):
             raise ConfigError(f"finetune.{axis}: {values} lists a value twice")
     for key, alphas in [("prune.alpha", config["prune"]["alpha"]),
-                        *((f"prune.alpha_by_task.{t}", a) for t, a in (config["prune"].get("alpha_by_task") or {}).items())]:
+                        *((f"prune.alpha_by_{kind}.{name}", alphas)
+                          for kind in ("task", "defense")
+                          for name, alphas in (config["prune"].get(f"alpha_by_{kind}") or {}).items())]:
         if len(set(alphas)) != len(alphas):
             raise ConfigError(f"{key}: {alphas} lists a value twice")
 
