@@ -5,7 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from antidote.config import check_config, defense_alphas, expand_runs, missing_paths, resolve_hub_names, split_sources
+from antidote.config import (TASK_FILE_KEYS, check_config, defense_alphas, expand_runs, missing_paths,
+                             resolve_hub_names, split_sources)
 from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_paths, pruned_name
 from antidote.plots import plot_names
 from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
@@ -130,9 +131,10 @@ def get_answer_filter(wildcards):
 
 
 def get_task_sources(wildcards):
-    """The user's task files, if the config names any (else the task's built-in stand-in)."""
+    """The task's files (train and eval, or one file), if the config names any (else the task's
+    built-in stand-in)."""
     spec = config["tasks"].get(wildcards.task) or {}
-    return {key: external(spec[key]) for key in ("train", "eval") if key in spec}
+    return {key: external(spec[key]) for key in TASK_FILE_KEYS if key in spec}
 
 
 def get_task_spec(wildcards):

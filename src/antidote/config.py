@@ -20,6 +20,7 @@ from .tasks import TASKS
 GRID_AXES = ("task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "seed")
 HUB_PREFIX = "hf://"  # models and datasets on the Hugging Face hub, downloaded by rules where a hub is reachable
 HUB_DATASET = re.compile(r"hf://datasets/([\w.-]+)/([\w.-]+)/(?:([\w.-]+)/)?([\w.-]+)$")
+TASK_FILE_KEYS = ("train", "eval", "file")  # a task's data: train and eval files, or one file cut into both
 
 
 class ConfigError(ValueError):
@@ -90,8 +91,9 @@ def resolve_hub_names(config: dict) -> None:
     if "test_prompts" in data:
         data["test_prompts"]["file"] = local_path("data.test_prompts.file", data["test_prompts"]["file"])
     for task, spec in config.get("tasks", {}).items():
-        for key in ("train", "eval"):
-            spec[key] = local_path(f"tasks.{task}.{key}", spec[key])
+        for key in TASK_FILE_KEYS:
+            if key in spec:
+                spec[key] = local_path(f"tasks.{task}.{key}", spec[key])
 
 
 def grid_tasks(config: dict) -> list[str]:
@@ -154,12 +156,16 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
             raise ConfigError(f"data.source: {source!r} needs data.{key}")
     if source == "beavertails" and "test" not in data["beavertails"] and "test_prompts" not in data:
         raise ConfigError("data.beavertails.test: needed unless data.test_prompts names your own test prompts")
+    for task, spec in (config.get("tasks") or {}).items():
+        if ("file" in spec) == ("train" in spec or "eval" in spec) or ("train" in spec) != ("eval" in spec):
+            raise ConfigError(f"tasks.{task}: give either file (one labelled file, cut into train and eval items) "
+                              f"or both train and eval, not {sorted(k for k in TASK_FILE_KEYS if k in spec)}")
     for task in grid_tasks(config):
         spec = config.get("tasks", {}).get(task)
         if spec is None and not TASKS[task].builtin:
-            raise ConfigError(f"finetune.task: {task!r} has no built-in data; set tasks.{task}.train and "
-                              f"tasks.{task}.eval to local files")
-        if spec and spec["train"] == spec["eval"]:
+            raise ConfigError(f"finetune.task: {task!r} has no built-in data; set tasks.{task}.file, or "
+                              f"tasks.{task}.train and tasks.{task}.eval, to local files")
+        if spec and "train" in spec and spec["train"] == spec["eval"]:
             raise ConfigError(f"tasks.{task}: train and eval are the same file {spec['train']!r}; "
                               "the evaluation items must be held out")
 
@@ -201,7 +207,7 @@ def external_paths(config: dict) -> dict[str, str]:
     paths.update({SOURCE_KEYS[role]: path for role, path in split_sources(config["data"]).items()})
     for task in grid_tasks(config):
         for key, path in (config.get("tasks", {}).get(task) or {}).items():
-            if key in ("train", "eval"):
+            if key in TASK_FILE_KEYS:
                 paths[f"tasks.{task}.{key}"] = path
     for i, judge in enumerate(config["evaluate"]["judges"]):
         if "path" in judge:

@@ -8,6 +8,7 @@ the same seed always gives the same files.
 
 from __future__ import annotations
 
+import html
 import random
 import re
 from pathlib import Path
@@ -248,18 +249,180 @@ def load_beavertails(path: str | Path) -> list[dict]:
             for r in rows]
 
 
-def load_task_file(path: str | Path, task: str, fields: dict | None = None, labels: dict | None = None) -> list[dict]:
-    """Task items from a user's file, in the authors' instruction format (see :meth:`Task.item`);
-    ``fields`` and ``labels`` override the task's column names and class-index labels."""
+# --- task data: a user's train and eval files, or one labelled file cut into both
+
+def clean_text(text: str) -> str:
+    """HTML entities unescaped (``&amp;`` -> ``&``), every run of whitespace (line breaks too)
+    folded into one space."""
+    return re.sub(r"\s+", " ", html.unescape(text)).strip()
+
+
+URL = re.compile(r"https?://\S*")
+HANDLE = re.compile(r"(?<![\w@])@\w+")  # not the @ of an e-mail address
+
+
+def clean_tweet(text: str) -> str:
+    """:func:`clean_text`, then every URL -> ``http`` and every @handle -> ``@user`` (TweetEval's
+    preprocessing), so that neither a link nor an account name stands for the label."""
+    return HANDLE.sub("@user", URL.sub("http", clean_text(text)))
+
+
+TEXT_CLEANING = {"none": lambda text: text, "text": clean_text, "tweets": clean_tweet}
+# Keys of a task's config entry that say how its rows are read and filtered (either layout).
+TASK_FILTERS = ("encoding", "drop_labels", "min_confidence", "drop_non_ascii", "clean", "source")
+
+
+def _is_missing(value) -> bool:
+    import pandas as pd
+
+    return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
+
+
+def _confidence(value, path, column: str) -> float | None:
+    if _is_missing(value):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: column {column!r} holds {value!r}, which is not a number") from None
+
+
+def load_task_file(path: str | Path, task: str, fields: dict | None = None, labels: dict | None = None, *,
+                   encoding: str = "utf-8", drop_labels: list | tuple = (), min_confidence: float | None = None,
+                   drop_non_ascii: bool = False, clean: str = "none", source: str | None = None,
+                   counts: dict | None = None) -> list[dict]:
+    """Task items from a user's file, in file order, in the authors' instruction format (see
+    :meth:`Task.item`).
+
+    ``fields`` and ``labels`` override the task's column names (roles ``input`` and ``label``,
+    or ``question`` and ``answer``; ``confidence`` for ``min_confidence``, default column
+    ``confidence``) and its class-index labels. The rows then pass, in this order:
+
+    1. rows whose label value (before mapping) is in ``drop_labels`` are dropped; every other
+       label must map to one of the task's label words, or the file is refused;
+    2. with ``min_confidence``, rows whose confidence is below it, or empty, are dropped;
+    3. with ``drop_non_ascii``, rows whose text (``input`` or ``question``) holds a character
+       outside ASCII are dropped (mangled by an encoding round-trip, in a corpus of English text);
+    4. the text is cleaned (``clean``: a name of :data:`TEXT_CLEANING`); rows left with no text
+       are dropped.
+
+    Each item's ``source`` is ``real``, or ``real: <source>``. ``counts``, where given, receives
+    how many rows each step dropped and how many items each label word has.
+    """
     spec = TASKS[task]
-    fields = {**spec.fields, **(fields or {})}
+    fields = {**spec.fields, "confidence": "confidence", **(fields or {})}
     names = {**spec.class_labels(), **{str(k): v for k, v in (labels or {}).items()}}
-    rows = read_table(path)
-    missing = [f for f in fields.values() if rows and f not in rows[0]]
+    if clean not in TEXT_CLEANING:
+        raise ValueError(f"tasks.{task}.clean: {clean!r} is not one of {list(TEXT_CLEANING)}")
+    rows = read_table(path, encoding)
+    needed = [fields[role] for role in spec.fields] + ([fields["confidence"]] if min_confidence is not None else [])
+    missing = [column for column in needed if rows and column not in rows[0]]
     if missing:
         raise ValueError(f"{path}: no column {missing[0]!r} (columns: {sorted(rows[0])}); "
                          f"map it with tasks.{task}.fields")
-    return [spec.item(row, fields, names) for row in rows]
+    text_column = fields["question" if spec.answer_prefix else "input"]
+    label_column = fields["label"] if spec.label_words else None
+    dropped_values = {str(value) for value in drop_labels}
+    tally = {"rows": len(rows), "dropped_labels": {}, "below_min_confidence": 0, "non_ascii": 0, "empty": 0}
+    items = []
+    for row in rows:
+        if label_column:
+            value = str(row[label_column])
+            if value in dropped_values:
+                tally["dropped_labels"][value] = tally["dropped_labels"].get(value, 0) + 1
+                continue
+            if names.get(value, value) not in spec.label_words:
+                raise ValueError(f"{path}: column {label_column!r} holds the label {value!r}, which is not one of "
+                                 f"task {task}'s labels {list(spec.label_words)} (class index -> label: {names}); "
+                                 f"map it with tasks.{task}.labels or drop its rows with tasks.{task}.drop_labels")
+        if min_confidence is not None:
+            confidence = _confidence(row[fields["confidence"]], path, fields["confidence"])
+            if confidence is None or confidence < min_confidence:
+                tally["below_min_confidence"] += 1
+                continue
+        text = "" if _is_missing(row[text_column]) else str(row[text_column])
+        if drop_non_ascii and not text.isascii():
+            tally["non_ascii"] += 1
+            continue
+        text = TEXT_CLEANING[clean](text)
+        if not text.strip():
+            tally["empty"] += 1
+            continue
+        item = spec.item({**row, text_column: text}, fields, names)
+        items.append(dict(item, source=f"real: {source}") if source else item)
+    tally["kept"] = len(items)
+    if spec.label_words:
+        tally["kept_per_label"] = {word: sum(i["label"] == word for i in items) for word in spec.label_words}
+    if counts is not None:
+        counts.update(tally)
+    return items
+
+
+def unique_items(items: list[dict]) -> tuple[list[dict], int, int]:
+    """One item per prompt (:func:`prompt_key`: case, spacing, end punctuation folded): the first
+    of copies with the same label; a prompt whose copies disagree on the label is dropped
+    altogether. Returns the items, the copies dropped, and the items of disagreeing prompts."""
+    labels: dict[str, set] = {}
+    for item in items:
+        labels.setdefault(prompt_key(item), set()).add(item["label"])
+    agreed = [item for item in items if len(labels[prompt_key(item)]) == 1]
+    kept = unique(agreed, key=prompt_key)
+    return kept, len(agreed) - len(kept), len(items) - len(agreed)
+
+
+def balanced_cut(items: list[dict], label_words: tuple[str, ...], sizes: dict[str, int], seed: int,
+                 source: str) -> dict[str, list[dict]]:
+    """Disjoint parts of the given sizes, each with every label word equally often (where a size
+    is not a multiple of the number of labels, the first labels get one more): per label, a
+    seeded shuffle cut into consecutive slices; each part then shuffled. Without label words
+    (GSM8K) a plain :func:`cut`."""
+    if not label_words:
+        return cut(items, sizes, seed, source)
+    rng = random.Random(seed)
+    k = len(label_words)
+    shares = {name: [n // k + (i < n % k) for i in range(k)] for name, n in sizes.items()}
+    pools = {word: [item for item in items if item["label"] == word] for word in label_words}
+    parts: dict[str, list[dict]] = {name: [] for name in sizes}
+    for i, word in enumerate(label_words):
+        need = sum(share[i] for share in shares.values())
+        if len(pools[word]) < need:
+            wanted = " + ".join(f"{name} {n}" for name, n in sizes.items())
+            have = ", ".join(f"{len(pool)} {w}" for w, pool in pools.items())
+            raise ValueError(f"{source}: {wanted}, balanced over the labels {list(label_words)}, need {need} "
+                             f"items labelled {word!r}, but only {have} remain")
+        pool = list(pools[word])
+        rng.shuffle(pool)
+        start = 0
+        for name in sizes:
+            parts[name] += pool[start:start + shares[name][i]]
+            start += shares[name][i]
+    for part in parts.values():
+        rng.shuffle(part)
+    return parts
+
+
+def task_filters(spec: dict) -> dict:
+    """The filter keys (:data:`TASK_FILTERS`) a task's config entry sets."""
+    return {key: spec[key] for key in TASK_FILTERS if key in spec}
+
+
+def corpus_splits(spec: dict, task: str, sizes: dict, seed: int) -> tuple[dict[str, list[dict]], dict]:
+    """Eval and train items cut from one labelled file (``tasks.<task>.file``): its rows filtered
+    as :func:`load_task_file` does, one item per text (:func:`unique_items`), then a balanced,
+    seeded, disjoint cut of ``data.sizes.task_eval`` and ``task_train`` items
+    (:func:`balanced_cut`). Items name the file's ``source`` (default: the file name without its
+    extension). Returns the parts and the counts of every step."""
+    path = spec["file"]
+    counts: dict = {}
+    filters = {"source": Path(path).stem, **task_filters(spec)}
+    items = load_task_file(path, task, spec.get("fields"), spec.get("labels"), counts=counts, **filters)
+    items, counts["duplicates"], counts["conflicting_labels"] = unique_items(items)
+    label_words = TASKS[task].label_words
+    counts["unique_per_label"] = {word: sum(i["label"] == word for i in items) for word in label_words}
+    threshold = f", min_confidence {spec['min_confidence']}" if "min_confidence" in spec else ""
+    parts = balanced_cut(items, label_words, {"task_eval": sizes["task_eval"], "task_train": sizes["task_train"]},
+                         seed, f"tasks.{task}.file {path} (after filtering{threshold} and dropping duplicates)")
+    return {"eval": parts["task_eval"], "train": parts["task_train"]}, counts
 
 
 def finetune_mix(task: list[dict], harmful: list[dict], n_samples: int, harmful_ratio: float,

@@ -19,13 +19,15 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def read_table(path: str | Path) -> list[dict]:
-    """Rows of a local JSONL, JSON, CSV or Parquet file, as dicts."""
+def read_table(path: str | Path, encoding: str = "utf-8") -> list[dict]:
+    """Rows of a local JSONL, JSON, CSV or Parquet file, as dicts (text files in ``encoding``;
+    Parquet stores its own)."""
     import pandas as pd
 
     path = Path(path)
-    readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
-               ".csv": pd.read_csv, ".parquet": pd.read_parquet}
+    readers = {".jsonl": lambda p: pd.read_json(p, lines=True, encoding=encoding),
+               ".json": lambda p: pd.read_json(p, encoding=encoding),
+               ".csv": lambda p: pd.read_csv(p, encoding=encoding), ".parquet": pd.read_parquet}
     if path.suffix not in readers:
         raise ValueError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(readers)}")
     return readers[path.suffix](path).to_dict(orient="records")

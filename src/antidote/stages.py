@@ -65,13 +65,20 @@ def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_di
                     in_file_order: bool = False) -> dict:
     """Train and eval items of a task: from the user's files, or the task's built-in stand-in.
 
-    Real eval items are the first ``task_eval`` of the eval file (the authors' protocol);
-    training items are a seeded sample of ``task_train`` from the train file, or with
-    ``in_file_order`` its first ones (the authors').
+    With ``train`` and ``eval`` files, eval items are the first ``task_eval`` of the eval file
+    (the authors' protocol); training items are a seeded sample of ``task_train`` from the train
+    file, or with ``in_file_order`` its first ones (the authors'). With one ``file``, both are a
+    balanced, seeded, disjoint cut of its distinct texts (:func:`data.corpus_splits`; always
+    seeded), and the report counts what each filter dropped.
     """
-    if spec:
-        train = data.load_task_file(spec["train"], task, spec.get("fields"), spec.get("labels"))
-        evaluation = data.load_task_file(spec["eval"], task, spec.get("fields"), spec.get("labels"))[:sizes["task_eval"]]
+    counts = None
+    if spec and "file" in spec:
+        parts, counts = data.corpus_splits(spec, task, sizes, seed)
+        train, evaluation = parts["train"], parts["eval"]
+    elif spec:
+        options = dict(fields=spec.get("fields"), labels=spec.get("labels"), **data.task_filters(spec))
+        train = data.load_task_file(spec["train"], task, **options)
+        evaluation = data.load_task_file(spec["eval"], task, **options)[:sizes["task_eval"]]
         held_out = {data.prompt_key(r) for r in evaluation}
         train = [r for r in train if data.prompt_key(r) not in held_out]
         train = data.cut(train, {"train": min(sizes["task_train"], len(train))}, seed, spec["train"],
@@ -81,13 +88,15 @@ def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_di
                          seed, f"{task} stand-in")
         train, evaluation = parts["train"], parts["eval"]
     else:
-        raise ValueError(f"task {task!r} has no data: set tasks.{task}.train and tasks.{task}.eval")
+        raise ValueError(f"task {task!r} has no data: set tasks.{task}.file, or tasks.{task}.train and "
+                         f"tasks.{task}.eval")
     data.check_disjoint({"train": train, "eval": evaluation})
     out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "train.jsonl", train)
     write_jsonl(out_dir / "eval.jsonl", evaluation)
-    return {"task": task, "train": len(train), "eval": len(evaluation),
-            "source": evaluation[0]["source"] if evaluation else "none"}
+    report = {"task": task, "train": len(train), "eval": len(evaluation),
+              "source": evaluation[0]["source"] if evaluation else "none"}
+    return {**report, "rows": counts} if counts is not None else report
 
 
 def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_format: str,

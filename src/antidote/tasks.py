@@ -56,7 +56,8 @@ def as_training(record: dict) -> dict:
     return {"output": record["label"], **record}
 
 
-# --- built-in data: a seeded stand-in for SST-2 (no copy of SST-2 is reachable offline)
+# --- built-in data: a seeded stand-in for SST-2, for configs with no tasks.sst2 entry (the tests');
+# the default run reads real tweets instead (config/config.yaml, tasks.sst2)
 
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative."
 
