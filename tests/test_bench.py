@@ -1,11 +1,18 @@
 """bench/gpu_loops.py --smoke runs every loop, agrees with the authors' ways, and writes its table,
-so the GPU benchmark never rots between GPU runs (about 15 s on 2 CPU cores)."""
+so the GPU benchmark never rots between GPU runs (about 15 s on 2 CPU cores); bench/gpu_workflow.py
+builds its model and plans the whole DAG (--dry-run), and sums the benchmark files per stage."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import yaml
+
+from tiny_assets import write_tiny_sources
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP_TITLES = {"calibration": "calibration feature norms", "generation": "greedy generation",
@@ -48,3 +55,51 @@ def test_smoke_run_writes_every_loop_with_sane_numbers(tmp_path):
     assert [row["loop"] for row in updated["rows"]] == list(LOOP_TITLES)
     assert {row["loop"]: row["run"] for row in updated["rows"]} == {"calibration": 0, "generation": 0,
                                                                    "training": 0, "qlora": 1}
+
+
+def load_gpu_workflow():
+    spec = importlib.util.spec_from_file_location("gpu_workflow", REPO / "bench/gpu_workflow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_workflow_dry_run(tmp_path, tiny_model_dir):
+    advbench, donotanswer = write_tiny_sources(tmp_path / "sources")
+    work = tmp_path / "work"
+    result = subprocess.run([sys.executable, str(REPO / "bench/gpu_workflow.py"), "--arch", "smollm2",
+                             "--like", str(tiny_model_dir), "--advbench", str(advbench), "--donotanswer",
+                             str(donotanswer), "--work", str(work), "--cores", "2", "--dry-run"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                            timeout=300, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = json.loads((work / "model/config.json").read_text())
+    assert config["num_hidden_layers"] == json.loads((tiny_model_dir / "config.json").read_text())["num_hidden_layers"]
+    assert (work / "model/tokenizer.json").exists() and list((work / "model").glob("*.safetensors"))
+    overlay = yaml.safe_load((work / "overlay.yaml").read_text())
+    assert overlay == {"base_model": str(work / "model"),
+                       "data": {"advbench": str(advbench), "donotanswer": str(donotanswer)}}
+    assert "fingerprint: float64 sum of `model.embed_tokens.weight`" in result.stdout
+    assert "This was a dry-run" in result.stdout
+    planned = result.stdout.split("Job stats:")[1]
+    for rule in ["align", "finetune", "score", "prune", "evaluate"]:
+        assert f"\n{rule} " in planned, rule
+
+
+def test_stage_table_sums_jobs_per_stage(tmp_path):
+    stage_table = load_gpu_workflow().stage_table
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    files = {"align.tsv": "12.5\t0:00:12\t3000.5", "evaluate/run/sft.tsv": "4.0\t0:00:04\t1500.0",
+             "evaluate/reference/sst2/base.tsv": "6.0\t0:00:06\tNA",
+             "score/run.tsv": "2.0\t0:00:02\t1200.0", "base_answers/a.tsv": "1.0\t0:00:01\t900.0"}
+    for name, row in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(header + row + "\t1\t1\t1\t1\t1\t1\t1\n")
+    table = stage_table(tmp_path)
+    assert table["stage"].tolist() == ["base_answers", "align", "score", "evaluate"]  # the workflow's order
+    evaluate = table.set_index("stage").loc["evaluate"]
+    assert evaluate[["jobs", "total_s", "longest_s", "peak_max_rss_mb"]].tolist() == [2, 10.0, 6.0, 1500.0]
+
+    later = time.time() + 60  # only files written after a time stamp count (a rerun's jobs)
+    os.utime(tmp_path / "score/run.tsv", (later, later))
+    assert stage_table(tmp_path, newer_than=later - 1)["stage"].tolist() == ["score"]
