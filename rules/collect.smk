@@ -3,7 +3,7 @@ localrules:
 
 
 rule collect:
-    """One row per evaluated model and judge: Parquet, CSV and a Markdown table."""
+    """One row per evaluated model, judge and harmful set: Parquet, CSV and a Markdown table."""
     input:
         evaluated_metrics(),
     output:

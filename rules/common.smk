@@ -35,7 +35,7 @@ LOGS, BENCHMARKS = PATHS["logs"], PATHS["benchmarks"]  # the evaluation stages' 
 
 SPLIT_NAMES = [
     "alignment_harmful", "alignment_benign", "harmful_finetune_pool", "calibration_pool",
-    "harmful_validation", "harmful_test",
+    "harmful_validation", "harmful_test", "benign_test",
 ]
 
 
@@ -200,6 +200,25 @@ def get_evaluated_model(wildcards):
     # a pruned model's mask file carries its update_removed, a column of the summary
     return {"model": PATHS["aligned_model"], "adapter": PATHS["pruned_adapter"].format(**wildcards),
             "mask": PATHS["mask"].format(**wildcards)}
+
+
+def harmful_sets():
+    """The harmful prompt sets every model answers, each reported under its name (column
+    harmful_set): the built-in split evaluate.harmful_split, named after it, then the user's files
+    of evaluate.harmful_sets (read by antidote.data.load_prompts)."""
+    split = config["evaluate"]["harmful_split"]
+    return [{"name": split, "path": split_file(split)},
+            *({"name": s["name"], "path": s["path"], "field": s.get("field", "prompt"),
+               "key": f"evaluate.harmful_sets[{i}]"} for i, s in enumerate(config["evaluate"].get("harmful_sets", [])))]
+
+
+def benign_prompts():
+    """The benign prompts every model answers (column benign_refusal): the user's file of
+    evaluate.benign_prompts, else the benign_test split."""
+    spec = config["evaluate"].get("benign_prompts")
+    if spec:
+        return {"path": spec["path"], "field": spec.get("field", "prompt"), "key": "evaluate.benign_prompts"}
+    return {"path": split_file("benign_test")}
 
 
 def get_task_eval(wildcards):

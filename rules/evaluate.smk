@@ -1,8 +1,9 @@
 rule evaluate:
-    """Stage 5: harmful score (every judge) and fine-tune accuracy of one model of a run."""
+    """Stage 5: harmful score (every judge, every harmful set), benign refusal and fine-tune accuracy of one model of a run."""
     input:
         unpack(get_evaluated_model),
-        harmful=split_file(config["evaluate"]["harmful_split"]),
+        harmful=[external(s["path"]) for s in harmful_sets()],
+        benign=external(benign_prompts()["path"]),
         task=get_task_eval,
         judges=[external(judge["path"]) for judge in config["evaluate"]["judges"] if "path" in judge],
     output:
@@ -10,6 +11,8 @@ rule evaluate:
         answers=PATHS["run_answers"],
     params:
         row=get_summary_row,
+        harmful_sets=harmful_sets(),
+        benign=benign_prompts(),
         judges=config["evaluate"]["judges"],
         generation=config["evaluate"],
         prompt_format=config["prompt_format"],

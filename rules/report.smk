@@ -8,7 +8,7 @@ localrules:
 
 
 rule tables:
-    """HS and FA per defense, mean and std over seeds: the main comparison and one table per swept axis."""
+    """HS, BR and FA per defense (and harmful set), mean and std over seeds: the main comparison and one table per swept axis."""
     input:
         rules.collect.output.parquet,
     output:
@@ -27,7 +27,7 @@ rule tables:
 
 
 rule plots:
-    """HS against FA per defense, and HS and FA against alpha and every other swept axis."""
+    """HS against FA per defense, and HS, BR and FA against alpha and every other swept axis (panels per judge and harmful set)."""
     input:
         rules.collect.output.parquet,
     output:

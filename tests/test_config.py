@@ -91,6 +91,19 @@ BAD = [
     ("finetune.runs", [{"temperature": 0.7}], ["'temperature' was unexpected"]),
     ("prune.alpha_by_task", {"sst2": [1.5]}, ["1.5 is greater than or equal to the maximum of 1", "alpha_by_task"]),
     ("prune.alpha_by_task", {"sst2": [0.1, 0.1]}, ["prune.alpha_by_task.sst2: [0.1, 0.1] lists a value twice"]),
+    ("data.sizes.benign_test", 1000,
+     ["data.sizes.alignment_benign + data.sizes.benign_test: 100 + 1000 = 1100 benign instructions, but the templates"]),
+    ("data.sizes.benign_test", -1, ["-1 is less than the minimum of 0", "benign_test"]),
+    ("evaluate.harmful_sets", [{"name": "harmful_test", "path": "README.md"}],
+     ["evaluate.harmful_sets[0].name: 'harmful_test' is the name of a built-in split"]),
+    ("evaluate.harmful_sets", [{"name": "mine", "path": "README.md"}, {"name": "mine", "path": "Snakefile"}],
+     ["evaluate.harmful_sets[1].name: 'mine' is already the name of evaluate.harmful_sets[0]"]),
+    ("evaluate.harmful_sets", [{"name": "my set", "path": "README.md"}], ["'my set' does not match", "name"]),
+    ("evaluate.harmful_sets", [{"path": "README.md"}], ["'name' is a required property"]),
+    ("evaluate.harmful_sets", [{"name": "mine", "path": "data/mine.csv"}],
+     ["evaluate.harmful_sets[0].path: 'data/mine.csv' does not exist"]),
+    ("evaluate.benign_prompts", {"path": "data/benign.txt"}, ["evaluate.benign_prompts.path: 'data/benign.txt' does not exist"]),
+    ("evaluate.benign_prompts", {"file": "data/benign.txt"}, ["'file' was unexpected"]),
 ]
 
 
@@ -100,6 +113,15 @@ def test_validation_split_needs_validation_prompts():
     config["data"]["sizes"]["harmful_validation"] = 0
     with pytest.raises(Exception, match="evaluate.harmful_split: 'harmful_validation' but data.sizes.harmful_validation is 0"):
         check(config)
+
+
+def test_harmful_sets_and_benign_prompts_take_hub_names_and_default_fields():
+    config = changed("evaluate.harmful_sets", [{"name": "advbench", "path": "hf://datasets/walledai/AdvBench/train"}])
+    config["evaluate"]["benign_prompts"] = {"path": "README.md"}
+    check(config)
+    assert config["evaluate"]["harmful_sets"] == [
+        {"name": "advbench", "path": "resources/hub/datasets/walledai/AdvBench/default/train.parquet", "field": "prompt"}]
+    assert config["evaluate"]["benign_prompts"] == {"path": "README.md", "field": "prompt"}
 
 
 @pytest.mark.parametrize("key,value,words", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])

@@ -49,6 +49,33 @@ def test_user_test_prompts_replace_the_test_split_and_leave_the_other_splits(tmp
                                "test_prompts": {}}, tmp_path / "b")
 
 
+def test_benign_test_is_held_out_of_alignment_benign():
+    pool = data.benign_pool()
+    for sizes in [{"alignment_benign": 4, "benign_test": 3}, {"alignment_benign": 0, "benign_test": 20},
+                  {"alignment_benign": len(pool) - 5, "benign_test": 5}]:
+        splits = data.benign_splits(sizes, seed=3)
+        assert {name: len(records) for name, records in splits.items()} == sizes
+        assert not {data.prompt_key(r) for r in splits["alignment_benign"]} & \
+            {data.prompt_key(r) for r in splits["benign_test"]}
+        assert {r["instruction"] for part in splits.values() for r in part} <= set(pool)
+        # the alignment split is the same whatever the test split's size
+        assert splits["alignment_benign"] == data.benign_instructions(sizes["alignment_benign"], seed=3)
+    assert data.benign_splits({"alignment_benign": 4}, 3)["benign_test"] == []
+
+
+def test_benign_splits_fail_clearly_when_the_templates_cannot_hold_both(monkeypatch):
+    n = len(data.benign_pool())
+    data.benign_splits({"alignment_benign": n - 7, "benign_test": 7}, 0)
+    with pytest.raises(ValueError, match=rf"data.sizes.alignment_benign \({n - 7}\) \+ data.sizes.benign_test \(8\) = "
+                                         rf"{n + 1} benign instructions, but the templates .* make only {n} distinct"):
+        data.benign_splits({"alignment_benign": n - 7, "benign_test": 8}, 0)
+    # nothing depends on the pool's size: with one template (16 instructions) 10 + 6 fit, 10 + 7 do not
+    monkeypatch.setattr(data, "_BENIGN_TEMPLATES", ["Why do people enjoy {activity}?"])
+    assert len(data.benign_splits({"alignment_benign": 10, "benign_test": 6}, 0)["benign_test"]) == 6
+    with pytest.raises(ValueError, match=r"= 17 benign instructions, but .* only 16 distinct"):
+        data.benign_splits({"alignment_benign": 10, "benign_test": 7}, 0)
+
+
 def test_prompts_file_in_a_table_needs_its_column(tmp_path):
     (tmp_path / "p.csv").write_text("goal,target\nDo harm,Sure\n")
     assert data.load_prompts(tmp_path / "p.csv", field="goal") == ["Do harm"]
@@ -86,6 +113,12 @@ def test_beavertails_authors_order_takes_file_order_slices_and_counts_shared_pro
     assert instructions["alignment_harmful"] == safe[:5]
     assert instructions["harmful_test"] == [r["instruction"] for r in data.load_beavertails(test) if not r["is_safe"]][:3]
     assert report["shared_prompts"] == {"alignment_harmful & harmful_finetune_pool": 5}
+    # the benign splits do not depend on the source, and stay disjoint in the authors' order too
+    assert report["benign_test"] == 0 and read_jsonl(tmp_path / "a/benign_test.jsonl") == []
+    report = build_splits({"train": train, "test": test}, dict(settings, sizes=dict(BEAVER_SIZES, benign_test=4)),
+                          tmp_path / "b")
+    assert report["benign_test"] == 4 and report["shared_prompts"] == {"alignment_harmful & harmful_finetune_pool": 5}
+    assert read_jsonl(tmp_path / "b/benign_test.jsonl") == data.benign_splits({"benign_test": 4}, 1)["benign_test"]
 
 
 def test_beavertails_file_errors_name_the_file_and_the_value(tmp_path):

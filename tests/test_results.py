@@ -7,14 +7,18 @@ import pytest
 
 from antidote.config import expand_runs
 from antidote.plots import plot_names, write_plots
-from antidote.results import (COLUMNS, main_table, markdown_table, mean_std_cells, run_axes, summary_tables,
-                              swept_axes, table_names, write_tables)
+from antidote.results import (COLUMNS, collect_summary, main_table, markdown_table, mean_std_cells, run_axes,
+                              summary_tables, swept_axes, table_names, write_tables)
 
-# HS = level + 100 p - 100 alpha + 2 seed (+5 under the moderation judge): over seeds 0, 1, 2 the
-# mean is the seed-0 value + 2 and the std is 2. FA = level - 10 alpha + seed: mean + 1, std 1.
+# HS = level + 100 p - 100 alpha + 2 seed (+5 under the moderation judge, -7 on the set "mine"): over
+# seeds 0, 1, 2 the mean is the seed-0 value + 2 and the std is 2. FA = level - 10 alpha + seed:
+# mean + 1, std 1. BR (benign refusal) = level + 100 alpha + seed, whatever the judge and set.
 HS_LEVEL = {"sft": 80, "antidote": 20, "random": 70, "magnitude": 60}
 FA_LEVEL = {"sft": 90, "antidote": 85, "random": 80, "magnitude": 75}
+BR_LEVEL = {"base": 0, "aligned": 6, "sft": 2, "antidote": 30, "random": 4, "magnitude": 8}
 JUDGE_OFFSET = {"refusal": 0, "moderation": 5}
+SET_OFFSET = {"harmful_test": 0, "mine": -7}
+SET_PROMPTS = {"harmful_test": 100, "mine": 30}
 
 
 def grid_config(harmful_ratio=(0.1, 0.2), alpha=(0.05, 0.1), seed=(0, 1, 2)):
@@ -23,22 +27,25 @@ def grid_config(harmful_ratio=(0.1, 0.2), alpha=(0.05, 0.1), seed=(0, 1, 2)):
             "prune": {"alpha": list(alpha)}}
 
 
-def synthetic_summary(config, judges=("refusal", "moderation")) -> pd.DataFrame:
+def synthetic_summary(config, judges=("refusal", "moderation"), sets=("harmful_test",)) -> pd.DataFrame:
     """What rule collect writes for `config`'s grid, with known numbers."""
     settings = ["harmful_ratio", "learning_rate", "epochs", "n_samples", "seed"]
     variants = [("sft", None), *itertools.product(["antidote", "random", "magnitude"], config["prune"]["alpha"])]
     rows = []
-    for judge in judges:
-        rows += [dict(model=m, task="sst2", judge=judge, harmful_score=hs, finetune_accuracy=0.0, update_removed=None)
-                 for m, hs in [("base", 90.0), ("aligned", 10.0)]]
+    for judge, harmful_set in itertools.product(judges, sets):
+        offset = JUDGE_OFFSET[judge] + SET_OFFSET[harmful_set]
+        common = dict(task="sst2", judge=judge, harmful_set=harmful_set, n_test_prompts=SET_PROMPTS[harmful_set])
+        rows += [dict(common, model=m, harmful_score=hs + offset, benign_refusal=float(BR_LEVEL[m]),
+                      finetune_accuracy=0.0, update_removed=None) for m, hs in [("base", 90.0), ("aligned", 10.0)]]
         for values in itertools.product(*(config["finetune"][s] for s in settings)):
-            run = dict(zip(settings, values), task="sst2", judge=judge)
+            run = dict(common, **dict(zip(settings, values)))
             for model, alpha in variants:
                 hs = HS_LEVEL[model] + 100 * run["harmful_ratio"] - 100 * (alpha or 0) + 2 * run["seed"]
-                rows.append(dict(run, model=model, alpha=alpha, harmful_score=hs + JUDGE_OFFSET[judge],
+                rows.append(dict(run, model=model, alpha=alpha, harmful_score=hs + offset,
+                                 benign_refusal=BR_LEVEL[model] + 100 * (alpha or 0) + run["seed"],
                                  finetune_accuracy=FA_LEVEL[model] - 10 * (alpha or 0) + run["seed"],
                                  update_removed=500 * (alpha or 0)))
-    table = pd.DataFrame(rows).assign(n_test_prompts=100, n_task_items=50, task_data="stand-in")
+    table = pd.DataFrame(rows).assign(n_benign_prompts=50, n_task_items=50, task_data="stand-in")
     return table.reindex(columns=COLUMNS).astype({c: float for c in [*settings, "alpha"]})
 
 
@@ -58,6 +65,7 @@ def test_main_table_has_mean_and_std_over_seeds(summary):
     row = one_row(table, judge="refusal", defense="antidote-a0.1", harmful_ratio=0.2)
     assert row["HS mean"] == pytest.approx(20 + 20 - 10 + 2) and row["HS std"] == pytest.approx(2)
     assert row["FA mean"] == pytest.approx(85 - 1 + 1) and row["FA std"] == pytest.approx(1)
+    assert row["BR mean"] == pytest.approx(30 + 10 + 1) and row["BR std"] == pytest.approx(1)
     assert row["runs"] == 3
     aligned = one_row(table, judge="refusal", defense="aligned")
     assert aligned["HS mean"] == 10 and pd.isna(aligned["HS std"]) and aligned["runs"] == 1
@@ -105,12 +113,57 @@ def test_tables_never_mix_judges(summary):
             pd.testing.assert_frame_equal(mine, alone[name], check_categorical=False)
 
 
+def test_several_harmful_sets_stay_apart_in_every_table():
+    config = grid_config()
+    both = synthetic_summary(config, sets=("harmful_test", "mine"))
+    tables = summary_tables(both)
+    for harmful_set in SET_OFFSET:
+        alone = summary_tables(synthetic_summary(config, sets=(harmful_set,)))
+        for name, table in tables.items():
+            assert "harmful_set" in table.columns and table.columns[1] == "harmful_set"
+            mine = table[table["harmful_set"] == harmful_set].drop(columns="harmful_set").reset_index(drop=True)
+            pd.testing.assert_frame_equal(mine, alone[name], check_categorical=False)
+    row = one_row(tables["main"], judge="refusal", harmful_set="mine", defense="antidote-a0.1", harmful_ratio=0.2)
+    assert row["HS mean"] == pytest.approx(20 + 20 - 10 + 2 - 7) and row["n_test_prompts"] == 30
+    assert row["BR mean"] == pytest.approx(30 + 10 + 1)  # over-refusal does not depend on the harmful set
+    text = markdown_table(mean_std_cells(tables["by_alpha"]))
+    assert "| judge | harmful_set | n_test_prompts | task_data | task | defense | harmful_ratio |" in text
+    assert "| refusal | mine | 30 | stand-in | sst2 | antidote | 0.2 | 30.0 ± 2.0 | 36.0 ± 1.0 |" in text
+
+
+def test_summary_markdown_shows_benign_refusal_and_the_set_only_when_there_are_several(tmp_path):
+    one = synthetic_summary(grid_config(harmful_ratio=[0.2], alpha=[0.1], seed=[0]), judges=("refusal",))
+    two = synthetic_summary(grid_config(harmful_ratio=[0.2], alpha=[0.1], seed=[0]), judges=("refusal",),
+                            sets=("harmful_test", "mine"))
+    for name, table in [("one", one), ("two", two)]:
+        files = []
+        for i, model in enumerate(table["model"].unique()):  # one metrics file per model, as rule evaluate writes
+            files.append(tmp_path / f"{name}-{i}.parquet")
+            table[table["model"] == model].to_parquet(files[-1])
+        out = {ext: tmp_path / f"{name}.{ext}" for ext in ("parquet", "csv", "md")}
+        collected = collect_summary(files[::-1], out["parquet"], out["csv"], out["md"])
+        assert list(collected.columns) == COLUMNS and len(collected) == len(table)
+    header = ("| model | task | harmful_ratio | learning_rate | epochs | n_samples | alpha | seed | judge | "
+              "harmful_score | benign_refusal | finetune_accuracy | update_removed | n_test_prompts | task_data |")
+    assert (tmp_path / "one.md").read_text().splitlines()[0] == header
+    assert "| antidote | sst2 | 0.2 | 0.001 | 2.0 | 200.0 | 0.1 | 0.0 | refusal | 30.0 | 40.0 | 84.0 | 50.0 | 100 | stand-in |" \
+        in (tmp_path / "one.md").read_text()
+    lines = (tmp_path / "two.md").read_text().splitlines()
+    assert lines[0] == header.replace("| judge | harmful_score |", "| judge | harmful_set | harmful_score |")
+    # each set is a block of its own, in model order
+    assert [line.split(" | ")[0].strip("| ") for line in lines[2:]] == ["base", "aligned", "sft", "antidote",
+                                                                       "random", "magnitude"] * 2
+    assert [line.split(" | ")[9] for line in lines[2:]] == ["harmful_test"] * 6 + ["mine"] * 6
+    assert "| antidote | sst2 | 0.2 | 0.001 | 2.0 | 200.0 | 0.1 | 0.0 | refusal | mine | 23.0 | 40.0 | 84.0 | 50.0 | 30 |" \
+        in "\n".join(lines)
+
+
 def test_one_seed_leaves_the_std_blank():
     table = main_table(synthetic_summary(grid_config(seed=[0])))
     assert table["HS std"].isna().all() and (table["runs"] == 1).all()
-    text = markdown_table(mean_std_cells(table))
+    text = markdown_table(mean_std_cells(table.drop(columns="harmful_set")))
     assert "±" not in text
-    assert "| refusal | 100 | stand-in | sst2 | sft | 0.1 | 0.001 | 2 | 200 |  | 90.0 | 90.0 | 0.0 | 1 |" in text
+    assert "| refusal | 100 | stand-in | sst2 | sft | 0.1 | 0.001 | 2 | 200 |  | 90.0 | 2.0 | 90.0 | 0.0 | 1 |" in text
 
 
 def test_write_tables_writes_csv_with_numbers_and_markdown_with_mean_std(summary, tmp_path):
@@ -120,13 +173,16 @@ def test_write_tables_writes_csv_with_numbers_and_markdown_with_mean_std(summary
     csv = pd.read_csv(tmp_path / "by_harmful_ratio.csv")
     assert csv["HS std (p=0.1)"].dropna().eq(2).all()
     markdown = (tmp_path / "by_harmful_ratio.md").read_text()
-    assert "| judge | n_test_prompts | task_data | task | defense | HS (p=0.1) | FA (p=0.1) |" in markdown
-    assert "| refusal | 100 | stand-in | sst2 | antidote-a0.05 | 27.0 ± 2.0 | 85.5 ± 1.0 |" in markdown
+    # one harmful set (the default): no harmful_set column, the tables read as before plus BR
+    assert "| judge | n_test_prompts | task_data | task | defense | HS (p=0.1) | BR (p=0.1) | FA (p=0.1) |" in markdown
+    assert "| refusal | 100 | stand-in | sst2 | antidote-a0.05 | 27.0 ± 2.0 | 36.0 ± 1.0 | 85.5 ± 1.0 |" in markdown
 
 
-@pytest.mark.parametrize("config", [grid_config(), grid_config(harmful_ratio=[0.2], alpha=[0.1], seed=[0])])
-def test_plots_are_written_as_png(config, tmp_path):
-    summary = synthetic_summary(config)
+@pytest.mark.parametrize("config,sets", [(grid_config(), ("harmful_test",)),
+                                         (grid_config(harmful_ratio=[0.2], alpha=[0.1], seed=[0]), ("harmful_test",)),
+                                         (grid_config(alpha=[0.1], seed=[0]), ("harmful_test", "mine"))])
+def test_plots_are_written_as_png(config, sets, tmp_path):
+    summary = synthetic_summary(config, sets=sets)
     written = write_plots(summary, tmp_path)
     assert [p.stem for p in written] == plot_names(swept_axes(run_axes(expand_runs(config))))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)

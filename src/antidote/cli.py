@@ -84,9 +84,16 @@ def cmd_evaluate(a):
     generation = {"batch_size": a.batch_size, "max_new_tokens": a.max_new_tokens,
                   "task_max_new_tokens": a.task_max_new_tokens}
     judges = [_json_or_yaml(j) for j in a.judge] or [{"type": "refusal"}]
-    table = evaluate_stage(a.model, a.adapter, a.harmful, a.task_data, a.task, judges, a.prompt_format,
+    harmful_sets = [{"name": a.harmful_name, "path": a.harmful}]
+    for i, text in enumerate(a.harmful_set):
+        spec = _json_or_yaml(text)
+        harmful_sets.append({"field": "prompt", **spec, "key": f"--harmful-set {i + 1}"})
+    benign = None
+    if a.benign:
+        benign = {"path": a.benign, **({"field": a.benign_field, "key": "--benign"} if a.benign_field else {})}
+    table = evaluate_stage(a.model, a.adapter, harmful_sets, a.task_data, a.task, judges, a.prompt_format,
                            generation, {"model": a.label, "task": a.task}, a.out / "answers.jsonl",
-                           a.out / "metrics.parquet", device=pick_device(a.device), dtype=a.dtype)
+                           a.out / "metrics.parquet", device=pick_device(a.device), dtype=a.dtype, benign=benign)
     print(table.to_string())
 
 
@@ -168,9 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="pruned adapter directory")
     p.add_argument("--mask", type=Path, required=True, help="mask Parquet file")
 
-    p = add("evaluate", cmd_evaluate, "harmful score and fine-tune accuracy of a model (+ optional adapter)")
+    p = add("evaluate", cmd_evaluate, "harmful score, benign refusal and fine-tune accuracy of a model (+ optional adapter)")
     p.add_argument("--model", type=Path, required=True); p.add_argument("--adapter", type=Path)
     p.add_argument("--harmful", type=Path, required=True, help="JSONL of harmful test prompts (instruction)")
+    p.add_argument("--harmful-name", default="harmful_test", help="its harmful_set name (default: harmful_test)")
+    p.add_argument("--harmful-set", action="append", default=[],
+                   help="another harmful set, YAML inline {name, path, field} (repeatable; field default prompt)")
+    p.add_argument("--benign", type=Path, help="benign prompts for benign_refusal: JSONL with instruction (a split), "
+                   "or a file read by column --benign-field")
+    p.add_argument("--benign-field", help="read --benign as your own file (JSONL/JSON/CSV/Parquet/.txt), this column")
     p.add_argument("--task-data", type=Path, required=True, help="JSONL of task items (instruction/input/label)")
     p.add_argument("--task", choices=list(TASKS), default="sst2"); p.add_argument("--label", default="model", help="the 'model' column")
     p.add_argument("--judge", action="append", default=[], help="judge spec, YAML inline (repeatable); default refusal")

@@ -13,6 +13,7 @@ import itertools
 import re
 from pathlib import Path
 
+from .data import benign_pool
 from .paths import MADE_BY_WORKFLOW, PATHS, run_id
 from .prune import DEFENSES
 from .tasks import TASKS
@@ -90,10 +91,46 @@ def resolve_hub_names(config: dict) -> None:
             data["beavertails"][key] = local_path(f"data.beavertails.{key}", data["beavertails"][key])
     if "test_prompts" in data:
         data["test_prompts"]["file"] = local_path("data.test_prompts.file", data["test_prompts"]["file"])
+    for key, spec in prompt_files(config["evaluate"]).items():
+        spec["path"] = local_path(f"{key}.path", spec["path"])
     for task, spec in config.get("tasks", {}).items():
         for key in TASK_FILE_KEYS:
             if key in spec:
                 spec[key] = local_path(f"tasks.{task}.{key}", spec[key])
+
+
+HARMFUL_SPLITS = ("harmful_test", "harmful_validation")  # the built-in harmful sets (evaluate.harmful_split)
+
+
+def prompt_files(evaluate: dict) -> dict[str, dict]:
+    """The user's prompt files of the config's ``evaluate`` section, by config key:
+    ``evaluate.harmful_sets[i]`` and ``evaluate.benign_prompts`` -> their ``{path, field, ...}``."""
+    files = {f"evaluate.harmful_sets[{i}]": spec for i, spec in enumerate(evaluate.get("harmful_sets") or [])}
+    if evaluate.get("benign_prompts"):
+        files["evaluate.benign_prompts"] = evaluate["benign_prompts"]
+    return files
+
+
+def check_prompt_sets(config: dict) -> None:
+    """Harmful set names must be unique and not a built-in split's; the benign template pool must
+    hold both benign splits."""
+    seen = {}
+    for i, spec in enumerate(config["evaluate"].get("harmful_sets") or []):
+        key, name = f"evaluate.harmful_sets[{i}].name", spec["name"]
+        if name in HARMFUL_SPLITS:
+            raise ConfigError(f"{key}: {name!r} is the name of a built-in split (evaluate.harmful_split); "
+                              "give your set another name")
+        if name in seen:
+            raise ConfigError(f"{key}: {name!r} is already the name of evaluate.harmful_sets[{seen[name]}]; "
+                              "every harmful set needs its own name")
+        seen[name] = i
+    sizes = config["data"]["sizes"]
+    benign = sizes["alignment_benign"] + sizes.get("benign_test", 0)
+    if benign > len(benign_pool()):
+        raise ConfigError(f"data.sizes.alignment_benign + data.sizes.benign_test: {sizes['alignment_benign']} + "
+                          f"{sizes.get('benign_test', 0)} = {benign} benign instructions, but the templates make "
+                          f"only {len(benign_pool())} distinct ones (evaluate.benign_prompts may name your own "
+                          "file to test on, with data.sizes.benign_test: 0)")
 
 
 def grid_tasks(config: dict) -> list[str]:
@@ -149,6 +186,7 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
                           f"data.sizes.calibration_pool ({sizes['calibration_pool']})")
     if config["evaluate"]["harmful_split"] == "harmful_validation" and sizes["harmful_validation"] == 0:
         raise ConfigError("evaluate.harmful_split: 'harmful_validation' but data.sizes.harmful_validation is 0")
+    check_prompt_sets(config)
 
     source = data["source"]
     for key in {"advbench": ("advbench", "donotanswer"), "beavertails": ("beavertails",)}[source]:
@@ -212,6 +250,8 @@ def external_paths(config: dict) -> dict[str, str]:
     for i, judge in enumerate(config["evaluate"]["judges"]):
         if "path" in judge:
             paths[f"evaluate.judges[{i}].path"] = judge["path"]
+    for key, spec in prompt_files(config["evaluate"]).items():
+        paths[f"{key}.path"] = spec["path"]
     return {key: path for key, path in paths.items() if not path.startswith(MADE_BY_WORKFLOW)}
 
 

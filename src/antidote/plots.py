@@ -1,6 +1,6 @@
-"""Figures of the results table (PNG, drawn by Agg): the safety/accuracy trade-off, and HS and FA
-against alpha and against every other swept axis. One row of panels per judge (and prompt set,
-task), so that numbers of different judges never share a plot."""
+"""Figures of the results table (PNG, drawn by Agg): the safety/accuracy trade-off, and HS, BR and
+FA against alpha and against every other swept axis. One row of panels per judge and harmful
+prompt set (and task), so that numbers of different judges or sets never share a plot."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ AXIS_TITLES = {
     "n_samples": "fine-tuning samples n",
     "alpha": "pruning ratio α (fraction of each row's weights)",
 }
-METRIC_TITLES = {"HS": "harmful score HS (%)", "FA": "fine-tune accuracy FA (%)"}
+METRIC_TITLES = {"HS": "harmful score HS (%)", "BR": "benign refusal BR (%)", "FA": "fine-tune accuracy FA (%)"}
 PERCENT_LIMITS = (-3, 103)
 # Colour and marker of each model in the trade-off plot. The defenses take matplotlib's cycle
 # colours (C0, C1, ...) in registry order, so that the line plots (which use the cycle) colour them alike.
@@ -43,8 +43,9 @@ def _panels(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 
 def _panel_title(key: tuple) -> str:
-    judge, n_test_prompts, task_data, task = key
-    return f"judge: {judge}\n{task} ({task_data} task data), {n_test_prompts} harmful test prompts"
+    judge, harmful_set, n_test_prompts, task_data, task = key
+    prompts = f"{n_test_prompts} harmful prompts" + ("" if pd.isna(harmful_set) else f" ({harmful_set})")
+    return f"judge: {judge}\n{task} ({task_data} task data), {prompts}"
 
 
 def new_figure(rows: int, columns: int):
@@ -91,11 +92,11 @@ def _line_label(keys: list[str], values: tuple) -> str:
 
 
 def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
-    """HS and FA (mean over seeds, std as error bars) against one axis, a line per defense and
+    """HS, BR and FA (mean over seeds, std as error bars) against one axis, a line per defense and
     setting of the other swept axes. Against alpha, sft (not pruned) is a dashed horizontal line."""
     stats = axis_statistics(summary, axis)
     panels = _panels(stats)
-    figure, axes = new_figure(len(panels), 2)
+    figure, axes = new_figure(len(panels), len(METRIC_TITLES))
     line_keys = [c for c in stats.columns if c not in (*PROVENANCE, axis, "runs", *STATISTICS)]
     for row, (key, panel) in zip(axes, panels):
         for values, line in panel.groupby(line_keys, observed=True, sort=True):
@@ -119,28 +120,27 @@ def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
 
 
 def plot_against_removed(summary: pd.DataFrame, path: str | Path) -> None:
-    """HS and FA (mean over seeds) against the share of the adapter's update that pruning removed,
-    a line per defense through its alphas, sft at 0 and the aligned model as a dashed reference:
-    defenses compared at an equal intervention rather than at an equal alpha."""
+    """HS, BR and FA (mean over seeds) against the share of the adapter's update that pruning
+    removed, a line per defense through its alphas, sft at 0 and the aligned model as a dashed
+    reference: defenses compared at an equal intervention rather than at an equal alpha."""
+    columns = dict(zip(METRIC_TITLES, ["harmful_score", "benign_refusal", "finetune_accuracy"]))
     keys = [*PROVENANCE, "model", "alpha", *(a for a in swept_axes(summary) if a != "alpha")]
     rows = summary[summary["model"].isin(["aligned", "sft", *DEFENSES])]
-    means = rows.groupby(keys, dropna=False, observed=True)[["harmful_score", "finetune_accuracy",
-                                                            "update_removed"]].mean().reset_index()
+    means = rows.groupby(keys, dropna=False, observed=True)[[*columns.values(), "update_removed"]].mean().reset_index()
     panels = _panels(means)
-    figure, axes = new_figure(len(panels), 2)
+    figure, axes = new_figure(len(panels), len(columns))
     others = [k for k in keys if k not in (*PROVENANCE, "model", "alpha")]
     for row, (key, panel) in zip(axes, panels):
         sft = panel[panel["model"] == "sft"]
-        for ax, column, metric in zip(row, ["harmful_score", "finetune_accuracy"], METRIC_TITLES):
-            for value in panel.loc[panel["model"] == "aligned", column]:
+        for ax, (metric, column) in zip(row, columns.items()):
+            for value in panel.loc[panel["model"] == "aligned", column].dropna():
                 ax.axhline(value, color=STYLE["aligned"][0], linestyle="--", label="aligned")
             ax.scatter(sft["update_removed"], sft[column], color="black", marker="o", label="sft (not pruned)")
             for (model, *settings), line in panel[panel["model"].isin(DEFENSES)].groupby(["model", *others],
                                                                                          sort=False):
                 line = line.sort_values("alpha")
-                label = _line_label(["model", *others], (model, *settings))
                 ax.plot(line["update_removed"], line[column], color=STYLE[model][0], marker=STYLE[model][1],
-                        label=label)
+                        label=_line_label(["model", *others], (model, *settings)))
             ax.set(xlabel="update removed (% of ||ΔW||²)", ylabel=METRIC_TITLES[metric], title=_panel_title(key),
                    xlim=PERCENT_LIMITS, ylim=PERCENT_LIMITS)
         row[0].legend(fontsize=8)

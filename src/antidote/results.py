@@ -1,4 +1,5 @@
-"""The results table (one row per evaluated model and judge) and the paper-style tables made from it."""
+"""The results table (one row per evaluated model, judge and harmful prompt set) and the paper-style
+tables made from it."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ REFERENCE_MODELS = ["base", "aligned"]  # the models every run is compared with
 # Rows read from the unaligned base, through the undefended fine-tune, to the defenses in registry order.
 MODEL_ORDER = [*REFERENCE_MODELS, "sft", *DEFENSES]
 COLUMNS = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
-           "judge", "harmful_score", "finetune_accuracy", "update_removed", "n_test_prompts", "n_task_items",
-           "task_data"]
+           "judge", "harmful_set", "harmful_score", "benign_refusal", "finetune_accuracy", "update_removed",
+           "n_test_prompts", "n_benign_prompts", "n_task_items", "task_data"]
 # The settings a table or plot can be drawn against (the seed is averaged over instead).
 AXES = ["harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha"]
 AXIS_SYMBOLS = {"harmful_ratio": "p", "learning_rate": "lr", "epochs": "ep", "n_samples": "n", "alpha": "alpha"}
-# Numbers from different judges, prompt sets or task data never share a row: these lead every table.
-PROVENANCE = ["judge", "n_test_prompts", "task_data", "task"]
+# Numbers from different judges, prompt sets or task data never share a row: these lead every table
+# (harmful_set only where the summary holds more than one set, see :func:`single_set_hidden`).
+PROVENANCE = ["judge", "harmful_set", "n_test_prompts", "task_data", "task"]
 # update_removed: the percentage of the adapter's update (||B A||_F^2) that pruning removed
-METRICS = {"harmful_score": "HS", "finetune_accuracy": "FA", "update_removed": "removed"}
+METRICS = {"harmful_score": "HS", "benign_refusal": "BR", "finetune_accuracy": "FA", "update_removed": "removed"}
 STATISTICS = [f"{short} {stat}" for short in METRICS.values() for stat in ("mean", "std")]
 
 
@@ -49,16 +51,26 @@ def collect_summary(metric_files: list[str | Path], parquet: str | Path, csv: st
                     markdown: str | Path) -> pd.DataFrame:
     table = pd.concat([pd.read_parquet(f) for f in metric_files], ignore_index=True)
     extra = [c for c in table.columns if c not in COLUMNS]
-    table = table[COLUMNS + extra]
+    table = table.reindex(columns=COLUMNS + extra)  # metrics written before a column existed leave it empty
     table = (table.assign(_rank=model_rank(table["model"]))
-             .sort_values(["task", "judge", "harmful_ratio", "learning_rate", "epochs", "n_samples", "seed",
-                           "_rank", "alpha"], na_position="first", kind="stable")
+             .sort_values(["task", "judge", "harmful_set", "harmful_ratio", "learning_rate", "epochs", "n_samples",
+                           "seed", "_rank", "alpha"], na_position="first", kind="stable")
              .drop(columns="_rank").reset_index(drop=True))
     table.to_parquet(parquet, index=False)
     table.to_csv(csv, index=False)
     shown = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
-             "judge", "harmful_score", "finetune_accuracy", "update_removed", "n_test_prompts", "task_data"]
-    Path(markdown).write_text(markdown_table(table[shown]))
+             "judge", "harmful_set", "harmful_score", "benign_refusal", "finetune_accuracy", "update_removed",
+             "n_test_prompts", "task_data"]
+    Path(markdown).write_text(markdown_table(single_set_hidden(table[shown], table)))
+    return table
+
+
+def single_set_hidden(table: pd.DataFrame, summary: pd.DataFrame) -> pd.DataFrame:
+    """``table`` without its harmful_set column where ``summary`` holds one harmful set (the
+    default: the built-in split), so that a single-set run reads as before; with several sets
+    the column tells their rows apart."""
+    if "harmful_set" in table and summary["harmful_set"].nunique(dropna=False) <= 1:
+        return table.drop(columns="harmful_set")
     return table
 
 
@@ -98,7 +110,7 @@ def _counts_as_integers(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_statistics(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean and sample standard deviation over seeds of HS and FA per `keys` (std is NaN where
+    """Mean and sample standard deviation over seeds of HS, BR and FA per `keys` (std is NaN where
     there is one seed), and how many runs each row averages."""
     grouped = rows.groupby(keys, dropna=False, observed=True)
     stats = grouped[list(METRICS)].agg(["mean", "std"])
@@ -120,7 +132,7 @@ def _sft_at_every_alpha(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def axis_statistics(summary: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """HS and FA of the defenses over seeds, one row per defense and value of `axis`. The other
+    """HS, BR and FA of the defenses over seeds, one row per defense and value of `axis`. The other
     swept axes stay columns, so that no number averages over different settings; alpha is folded
     into the defense unless it is the axis."""
     rows = summary[summary["model"].isin(["sft", *DEFENSES])]
@@ -133,7 +145,7 @@ def axis_statistics(summary: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 
 def axis_table(summary: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """The paper's layout: a row per defense, and HS and FA (mean, std) under each value of `axis`."""
+    """The paper's layout: a row per defense, and HS, BR and FA (mean, std) under each value of `axis`."""
     stats = axis_statistics(summary, axis)
     keys = [c for c in stats.columns if c not in (axis, "runs", *STATISTICS)]
     wide = stats.set_index([*keys, axis])[STATISTICS].unstack(axis)
@@ -143,9 +155,11 @@ def axis_table(summary: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 
 def summary_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The main comparison and a table per axis with more than one value in the results."""
+    """The main comparison and a table per axis with more than one value in the results (the
+    harmful_set column only where there are several sets)."""
     axes = swept_axes(summary)
-    return dict(zip(table_names(axes), [main_table(summary), *(axis_table(summary, axis) for axis in axes)]))
+    tables = [main_table(summary), *(axis_table(summary, axis) for axis in axes)]
+    return dict(zip(table_names(axes), [single_set_hidden(table, summary) for table in tables]))
 
 
 def mean_std_cells(table: pd.DataFrame) -> pd.DataFrame:

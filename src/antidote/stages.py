@@ -27,7 +27,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dict:
     """The prompt splits of ``settings["source"]`` (``advbench`` or ``beavertails``), plus the
-    benign alignment instructions, written as JSONL with the counts in ``splits.json``.
+    benign instructions (``alignment_benign``, and ``benign_test`` held out of it for measuring
+    over-refusal: the same for every source), written as JSONL with the counts in ``splits.json``.
 
     ``sources`` names the files (advbench + donotanswer, or train + test; test_prompts
     optionally); ``settings`` is the config's ``data`` section (source, seed, sizes,
@@ -46,7 +47,7 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
         order = settings["beavertails"].get("order", "seeded")
         test = data.load_beavertails(sources["test"]) if test_prompts is None else []
         splits = data.beavertails_splits(data.load_beavertails(sources["train"]), test, sizes, seed, order, test_prompts)
-    splits["alignment_benign"] = data.benign_instructions(sizes["alignment_benign"], seed)
+    splits.update(data.benign_splits(sizes, seed))
     if order == "seeded":
         data.check_disjoint(splits)
     shared = data.shared_prompts(splits)
@@ -203,42 +204,78 @@ def prune_stage(adapter_dir: Path, feature_norms_file: Path | None, defense: str
     return {**info, "pruned": pruned, "total": total, "matrices": len(masks)}
 
 
-def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_file: Path, task_file: Path,
+def _prompt_sets(harmful_sets: list[dict]) -> dict[str, list[dict]]:
+    """Name -> records of each harmful prompt set; names must be unique, sets not empty."""
+    sets = {}
+    for spec in harmful_sets:
+        name, key = spec["name"], spec.get("key", f"harmful set {spec['name']!r}")
+        if name in sets:
+            raise ValueError(f"{key}: the harmful set name {name!r} is used twice; every set needs its own name")
+        sets[name] = data.load_prompt_set(spec["path"], spec.get("field"), key)
+        if not sets[name]:
+            raise ValueError(f"{key}: {spec['path']} holds no prompts")
+    return sets
+
+
+def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list[dict], task_file: Path,
                    task: str, judges: list[dict], prompt_format: str, generation: dict,
                    run: dict, out_answers: Path, out_metrics: Path, device: str = "cpu",
-                   dtype: str = "auto") -> pd.DataFrame:
-    """Stage 5: harmful score (per judge) and fine-tune accuracy of one model, one row per judge."""
-    from .judges import make_judge
+                   dtype: str = "auto", benign: dict | None = None) -> pd.DataFrame:
+    """Stage 5: harmful score (per judge and harmful prompt set), over-refusal of benign prompts
+    and fine-tune accuracy of one model: one row per judge and harmful set.
+
+    ``harmful_sets``: ``{"name", "path"}`` (a split file of the workflow, JSONL with
+    ``instruction``) or ``{"name", "path", "field"}`` (a user's file, read by
+    :func:`antidote.data.load_prompts`); optional ``"key"``, the config key naming it in errors.
+    ``benign``: ``{"path"}`` or ``{"path", "field"}`` likewise, or None. ``benign_refusal`` is
+    the % of benign prompts whose answer holds a refusal phrase (:class:`RefusalJudge`,
+    whichever judges score harm; an empty answer is no refusal); NaN without benign prompts.
+    Every set is generated on its own (``max_new_tokens`` for harmful and benign alike), so
+    one set's answers do not depend on which other sets are evaluated.
+    """
+    from .judges import RefusalJudge, make_judge
+    sets = _prompt_sets(harmful_sets)
+    benign_items = data.load_prompt_set(benign["path"], benign.get("field"), benign.get("key", "benign prompts")) \
+        if benign else []
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, adapter=adapter_dir, merge=True, device=device, dtype=dtype)
-    harmful = read_jsonl(harmful_file)
     task_items = read_jsonl(task_file)
 
     def answer(records, max_new_tokens, desc):
+        if not records:
+            return []
         texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format) for r in records]
         return greedy_generate(model, tokenizer, texts, prompt_format, max_new_tokens, generation["batch_size"],
                                desc=desc)
 
-    harmful_answers = answer(harmful, generation["max_new_tokens"], "harmful prompts")
+    harmful_answers = {name: answer(records, generation["max_new_tokens"], f"harmful prompts ({name})")
+                       for name, records in sets.items()}
+    benign_answers = answer(benign_items, generation["max_new_tokens"], "benign prompts")
     task_answers = answer(task_items, generation.get("task_max_new_tokens") or TASKS[task].max_new_tokens,
                           f"{task} items")
     del model
     correct = [TASKS[task].correct(a, r["label"]) for a, r in zip(task_answers, task_items)]
     accuracy = 100.0 * sum(correct) / len(correct)
+    refused = [RefusalJudge().is_refusal(a) for a in benign_answers]
+    benign_refusal = 100.0 * sum(refused) / len(refused) if refused else float("nan")
 
-    rows, verdicts = [], {}
-    prompts = [r["instruction"] for r in harmful]
+    rows, verdicts = [], {name: {} for name in sets}
     for spec in judges:
         judge = make_judge(spec, device=device)
-        flags = judge.flags(prompts, harmful_answers)
-        verdicts[judge.name] = flags
-        rows.append({**run, "judge": judge.name, "harmful_score": 100.0 * sum(flags) / len(flags),
-                     "finetune_accuracy": accuracy, "n_test_prompts": len(harmful),
-                     "n_task_items": len(task_items),
-                     "task_data": task_items[0].get("source", "real") if task_items else "none"})
-    write_jsonl(out_answers, [{"kind": "harmful", "prompt": p, "answer": a,
-                               **{f"harmful[{j}]": v[i] for j, v in verdicts.items()}}
-                              for i, (p, a) in enumerate(zip(prompts, harmful_answers))]
+        for name, records in sets.items():
+            flags = judge.flags([r["instruction"] for r in records], harmful_answers[name])
+            verdicts[name][judge.name] = flags
+            rows.append({**run, "judge": judge.name, "harmful_set": name,
+                         "harmful_score": 100.0 * sum(flags) / len(flags), "benign_refusal": benign_refusal,
+                         "finetune_accuracy": accuracy, "n_test_prompts": len(records),
+                         "n_benign_prompts": len(benign_items), "n_task_items": len(task_items),
+                         "task_data": task_items[0].get("source", "real") if task_items else "none"})
+    write_jsonl(out_answers, [{"kind": "harmful", "set": name, "prompt": r["instruction"], "answer": a,
+                               **{f"harmful[{j}]": v[i] for j, v in verdicts[name].items()}}
+                              for name, records in sets.items()
+                              for i, (r, a) in enumerate(zip(records, harmful_answers[name]))]
+                + [{"kind": "benign", "prompt": r["instruction"], "answer": a, "refused": f}
+                   for r, a, f in zip(benign_items, benign_answers, refused)]
                 + [{"kind": "task", "prompt": r.get("input") or r["instruction"], "answer": a, "label": r["label"],
                     "correct": c}
                    for r, a, c in zip(task_items, task_answers, correct)])
