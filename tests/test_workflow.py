@@ -226,7 +226,7 @@ def test_users_prompt_files_are_inputs_of_every_evaluation_and_a_missing_one_sto
     dry = snakemake("-n", *args, cwd=folder)
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = [job for job in (dry.stdout + dry.stderr).split("\nrule ")[1:] if job.startswith("evaluate")]
-    assert len(jobs) == 6
+    assert len(jobs) == 7
     for job in jobs:
         inputs = job.split("input: ")[1].splitlines()[0].split(", ")
         assert {"tiny/my_harmful.csv", "tiny/benign.txt", "results/data/splits/harmful_test.jsonl"} <= set(inputs)
