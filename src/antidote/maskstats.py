@@ -11,7 +11,7 @@ import pandas as pd
 
 from .maskfile import read_masks
 from .paths import pruned_name
-from .prune import DEFENSES
+from .prune import DEFENSES, mask_agreement
 
 # base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight -> layer 3, q_proj, A
 _ADAPTER_NAME = re.compile(r"layers\.(?P<layer>\d+)\..*?(?P<module>[A-Za-z0-9_]+)\.lora_(?P<matrix>[AB])\.")
@@ -28,10 +28,10 @@ def where(name: str) -> dict:
 def overlap(masks: dict, other: dict, matrix: str | None = None) -> float:
     """Percentage of the entries ``masks`` prunes that ``other`` prunes too, over every weight or
     over the lora_A or lora_B matrices only (masks of one alpha prune as many entries each)."""
-    names = [n for n in masks if matrix is None or where(n)["matrix"] == matrix]
-    selected = sum(int(masks[n].sum()) for n in names)
-    common = sum(int((masks[n] & other[n]).sum()) for n in names)
-    return 100.0 * common / selected if selected else float("nan")
+    chosen = {n: m for n, m in masks.items() if matrix is None or where(n)["matrix"] == matrix}
+    if not any(m.any() for m in chosen.values()):
+        return float("nan")  # nothing pruned there: no share to speak of
+    return 100.0 * mask_agreement(chosen, other)
 
 
 def overlap_table(masks: dict[tuple[str, str], dict], pruned: dict[str, dict]) -> pd.DataFrame:
