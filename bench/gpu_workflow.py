@@ -25,7 +25,8 @@ Snakemake runs with the repo's config/config.yaml and WORK/overlay.yaml laid ove
 --cpu-check then runs stages 3-5 (score, prune, every evaluation) again on the CPU from the same
 aligned model, adapter and data, and compares masks and metrics GPU against CPU (dtype auto:
 bf16 on the GPU, fp32 on the CPU). Pruning always runs on the CPU and random and magnitude
-pruning read the adapter alone, so only antidote's masks (made from the CPU's scores) can differ.
+pruning read the adapter alone, so only the data-aware defenses' masks (antidote, antidote-benign:
+made from the CPU's scores) can differ.
 It is meant for smollm2: the 7B's fp32 CPU evaluations would take hours.
 """
 
@@ -75,7 +76,7 @@ finetune:
   lora: {r: 256, alpha: 4, dropout: 0.0, target_modules: [q_proj, k_proj, v_proj]}
   train: {batch_size: 5, max_length: 256}
 score: {batch_size: 16, max_length: 256}
-prune: {alpha: [0.05], defenses: [antidote, random, magnitude]}
+prune: {alpha: [0.05], alpha_by_defense: {antidote: [0.05]}, defenses: [antidote, antidote-benign, random, magnitude]}
 evaluate: {max_new_tokens: 48, batch_size: 100}
 """
 FINGERPRINT = ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
@@ -214,9 +215,10 @@ def mask_rows(gpu_root: Path, cpu_root: Path) -> pd.DataFrame:
 
 
 def metric_rows(gpu_csv: Path, cpu_csv: Path) -> pd.DataFrame:
-    """The summary's metrics (HS, FA) per model row, GPU and CPU side by side, in the GPU summary's order."""
+    """The summary's metrics (METRICS) per model row, GPU and CPU side by side, in the GPU summary's order."""
     gpu, cpu = pd.read_csv(gpu_csv), pd.read_csv(cpu_csv)
-    keys = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed", "judge"]
+    keys = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed", "judge",
+            "harmful_set"]
     both = gpu.merge(cpu, on=keys, how="left", suffixes=(" GPU", " CPU"))
     table = both[["model", "alpha", "judge"]].copy()
     for metric, short in METRICS.items():
@@ -242,7 +244,7 @@ def cpu_check(work: Path, args, say: Report) -> None:
     wall = snakemake(work, ["--cores", str(args.cores), "--resources", f"mem_mb={mem_mb}", "--config", "device=cpu",
                             "--forcerun", "score", "evaluate", "evaluate_reference", "--rerun-triggers", "mtime"],
                      work / "snakemake-cpu.log", say)
-    # random and magnitude masks read the adapter alone: only antidote's are made again (from CPU scores)
+    # random and magnitude masks read the adapter alone: only the data-aware defenses' are made again
     say(f"Wall time {wall:.0f} s. Stage times of the rerun's jobs (they overlap: totals exceed the wall time):\n")
     say(markdown_table(stage_table(work / "benchmarks", newer_than=started)))
     say("### Masks, GPU against CPU\n")
