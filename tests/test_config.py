@@ -92,7 +92,7 @@ BAD = [
     ("prune.alpha_by_task", {"sst2": [1.5]}, ["1.5 is greater than or equal to the maximum of 1", "alpha_by_task"]),
     ("prune.alpha_by_task", {"sst2": [0.1, 0.1]}, ["prune.alpha_by_task.sst2: [0.1, 0.1] lists a value twice"]),
     ("data.sizes.benign_test", 1000,
-     ["data.sizes.alignment_benign + data.sizes.benign_test: 100 + 1000 = 1100 benign instructions, but the templates"]),
+     ["data.sizes.benign_test: 1000 benign instructions, but its templates"]),
     ("data.sizes.benign_test", -1, ["-1 is less than the minimum of 0", "benign_test"]),
     ("evaluate.harmful_sets", [{"name": "harmful_test", "path": "README.md"}],
      ["evaluate.harmful_sets[0].name: 'harmful_test' is the name of a built-in split"]),

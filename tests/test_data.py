@@ -2,7 +2,7 @@
 
 import pytest
 
-from antidote import data
+from antidote import benign, data
 from antidote.records import read_jsonl, read_table
 from antidote.stages import build_splits, build_task_data
 from antidote.tasks import as_training, sst2_standin
@@ -49,31 +49,35 @@ def test_user_test_prompts_replace_the_test_split_and_leave_the_other_splits(tmp
                                "test_prompts": {}}, tmp_path / "b")
 
 
-def test_benign_test_is_held_out_of_alignment_benign():
-    pool = data.benign_pool()
+def test_benign_test_is_held_out_of_alignment_benign_by_template():
+    pools = benign.benign_pools()
     for sizes in [{"alignment_benign": 4, "benign_test": 3}, {"alignment_benign": 0, "benign_test": 20},
-                  {"alignment_benign": len(pool) - 5, "benign_test": 5}]:
-        splits = data.benign_splits(sizes, seed=3)
+                  {"alignment_benign": len(pools["alignment_benign"]), "benign_test": 5}]:
+        splits = benign.benign_splits(sizes, seed=3)
         assert {name: len(records) for name, records in splits.items()} == sizes
-        assert not {data.prompt_key(r) for r in splits["alignment_benign"]} & \
-            {data.prompt_key(r) for r in splits["benign_test"]}
-        assert {r["instruction"] for part in splits.values() for r in part} <= set(pool)
+        for name, records in splits.items():
+            assert all(r in pools[name] for r in records)
         # the alignment split is the same whatever the test split's size
-        assert splits["alignment_benign"] == data.benign_instructions(sizes["alignment_benign"], seed=3)
-    assert data.benign_splits({"alignment_benign": 4}, 3)["benign_test"] == []
+        assert splits["alignment_benign"] == benign.benign_instructions(sizes["alignment_benign"], seed=3)
+    # no instruction of benign_test is an instruction alignment answered, with any input or filler
+    alignment = {r["instruction"] for r in pools["alignment_benign"]}
+    assert not alignment & {r["instruction"] for r in pools["benign_test"]}
+    assert benign.benign_splits({"alignment_benign": 4}, 3)["benign_test"] == []
 
 
-def test_benign_splits_fail_clearly_when_the_templates_cannot_hold_both(monkeypatch):
-    n = len(data.benign_pool())
-    data.benign_splits({"alignment_benign": n - 7, "benign_test": 7}, 0)
-    with pytest.raises(ValueError, match=rf"data.sizes.alignment_benign \({n - 7}\) \+ data.sizes.benign_test \(8\) = "
-                                         rf"{n + 1} benign instructions, but the templates .* make only {n} distinct"):
-        data.benign_splits({"alignment_benign": n - 7, "benign_test": 8}, 0)
-    # nothing depends on the pool's size: with one template (16 instructions) 10 + 6 fit, 10 + 7 do not
-    monkeypatch.setattr(data, "_BENIGN_TEMPLATES", ["Why do people enjoy {activity}?"])
-    assert len(data.benign_splits({"alignment_benign": 10, "benign_test": 6}, 0)["benign_test"]) == 6
-    with pytest.raises(ValueError, match=r"= 17 benign instructions, but .* only 16 distinct"):
-        data.benign_splits({"alignment_benign": 10, "benign_test": 7}, 0)
+def test_benign_instructions_are_varied_and_some_are_about_a_text():
+    pool = benign.benign_pools()["alignment_benign"]
+    assert len(pool) >= 500 and len({r["instruction"] for r in pool}) >= 300
+    with_text = [r for r in pool if r.get("input")]
+    assert 0.2 < len(with_text) / len(pool) < 0.5  # the shape of a classification task's items
+    assert len({r["instruction"] for r in with_text}) >= 8 and len({r["input"] for r in with_text}) >= 30
+
+
+def test_benign_splits_fail_clearly_when_their_templates_cannot_hold_them():
+    n = len(benign.benign_pools()["benign_test"])
+    assert len(benign.benign_splits({"benign_test": n}, 0)["benign_test"]) == n
+    with pytest.raises(ValueError, match=rf"data.sizes.benign_test is {n + 1}, but its templates .* make only {n} "):
+        benign.benign_splits({"benign_test": n + 1}, 0)
 
 
 def test_prompts_file_in_a_table_needs_its_column(tmp_path):
@@ -118,7 +122,7 @@ def test_beavertails_authors_order_takes_file_order_slices_and_counts_shared_pro
     report = build_splits({"train": train, "test": test}, dict(settings, sizes=dict(BEAVER_SIZES, benign_test=4)),
                           tmp_path / "b")
     assert report["benign_test"] == 4 and report["shared_prompts"] == {"alignment_harmful & harmful_finetune_pool": 5}
-    assert read_jsonl(tmp_path / "b/benign_test.jsonl") == data.benign_splits({"benign_test": 4}, 1)["benign_test"]
+    assert read_jsonl(tmp_path / "b/benign_test.jsonl") == benign.benign_splits({"benign_test": 4}, 1)["benign_test"]
 
 
 def test_beavertails_file_errors_name_the_file_and_the_value(tmp_path):

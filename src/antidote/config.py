@@ -13,7 +13,7 @@ import itertools
 import re
 from pathlib import Path
 
-from .data import benign_pool
+from .benign import benign_pools
 from .paths import MADE_BY_WORKFLOW, PATHS, run_id
 from .prune import DEFENSES
 from .tasks import TASKS
@@ -112,8 +112,8 @@ def prompt_files(evaluate: dict) -> dict[str, dict]:
 
 
 def check_prompt_sets(config: dict) -> None:
-    """Harmful set names must be unique and not a built-in split's; the benign template pool must
-    hold both benign splits."""
+    """Harmful set names must be unique and not a built-in split's; each benign split must fit in
+    its templates' prompts."""
     seen = {}
     for i, spec in enumerate(config["evaluate"].get("harmful_sets") or []):
         key, name = f"evaluate.harmful_sets[{i}].name", spec["name"]
@@ -125,12 +125,11 @@ def check_prompt_sets(config: dict) -> None:
                               "every harmful set needs its own name")
         seen[name] = i
     sizes = config["data"]["sizes"]
-    benign = sizes["alignment_benign"] + sizes.get("benign_test", 0)
-    if benign > len(benign_pool()):
-        raise ConfigError(f"data.sizes.alignment_benign + data.sizes.benign_test: {sizes['alignment_benign']} + "
-                          f"{sizes.get('benign_test', 0)} = {benign} benign instructions, but the templates make "
-                          f"only {len(benign_pool())} distinct ones (evaluate.benign_prompts may name your own "
-                          "file to test on, with data.sizes.benign_test: 0)")
+    for split, pool in benign_pools().items():
+        if sizes.get(split, 0) > len(pool):
+            raise ConfigError(f"data.sizes.{split}: {sizes[split]} benign instructions, but its templates "
+                              f"(antidote.benign) make only {len(pool)} distinct ones (evaluate.benign_prompts "
+                              "may name your own file to test on, with data.sizes.benign_test: 0)")
 
 
 def grid_tasks(config: dict) -> list[str]:

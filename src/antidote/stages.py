@@ -12,6 +12,7 @@ import pandas as pd
 from safetensors.torch import load_file, save_file
 
 from . import data
+from .benign import benign_splits
 from .calibrate import calibration_batches, collect_feature_norms, lora_matrices
 from .generate import greedy_generate
 from .maskfile import write_masks
@@ -47,7 +48,7 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
         order = settings["beavertails"].get("order", "seeded")
         test = data.load_beavertails(sources["test"]) if test_prompts is None else []
         splits = data.beavertails_splits(data.load_beavertails(sources["train"]), test, sizes, seed, order, test_prompts)
-    splits.update(data.benign_splits(sizes, seed))
+    splits.update(benign_splits(sizes, seed))
     if order == "seeded":
         data.check_disjoint(splits)
     shared = data.shared_prompts(splits)
@@ -274,7 +275,8 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list
                                **{f"harmful[{j}]": v[i] for j, v in verdicts[name].items()}}
                               for name, records in sets.items()
                               for i, (r, a) in enumerate(zip(records, harmful_answers[name]))]
-                + [{"kind": "benign", "prompt": r["instruction"], "answer": a, "refused": f}
+                + [{"kind": "benign", "prompt": r["instruction"], **({"input": r["input"]} if r.get("input") else {}),
+                    "answer": a, "refused": f}
                    for r, a, f in zip(benign_items, benign_answers, refused)]
                 + [{"kind": "task", "prompt": r.get("input") or r["instruction"], "answer": a, "label": r["label"],
                     "correct": c}
