@@ -30,7 +30,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(Path(workflow.bas
                                                             os.environ.get("PYTHONPATH")])))
 
 # Every output path, written once (antidote/paths.py); evaluation outputs follow evaluate.harmful_split.
-PATHS = {**PATHS, **evaluation_paths(config["evaluate"]["harmful_split"])}
+PATHS = {**PATHS, **evaluation_paths(config["evaluate"]["harmful_split"], config.get("results_name", ""))}
 LOGS, BENCHMARKS = PATHS["logs"], PATHS["benchmarks"]  # the evaluation stages' log and benchmark folders
 
 SPLIT_NAMES = [

@@ -8,6 +8,7 @@ import yaml
 from snakemake.utils import validate
 
 from antidote.config import check_config, resolve_hub_names
+from antidote.prune import DEFENSES
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
@@ -151,3 +152,17 @@ def test_alpha_by_defense_gives_one_defense_a_curve():
     prune = {"defenses": ["antidote", "random"], "alpha_by_defense": {"antidote": [0.05, 0.1, 0.2]}}
     assert defense_alphas({"alphas": [0.1]}, prune) == [("antidote", 0.05), ("antidote", 0.1), ("antidote", 0.2),
                                                         ("random", 0.1)]
+
+
+def test_study_config_is_the_default_run_with_seeds_and_a_sweep_of_every_defense():
+    study = yaml.safe_load((REPO / "config/study.yaml").read_text())
+    check(copy.deepcopy(study))
+    assert study["results_name"] == "study"
+    assert study["finetune"].pop("seed") == [0, 1, 2]
+    prune = study.pop("prune")
+    assert set(prune["defenses"]) == set(DEFENSES) and not prune.get("alpha_by_defense")
+    assert min(prune["alpha"]) <= 0.01 and max(prune["alpha"]) >= 0.3 and len(prune["alpha"]) >= 5
+    # everything else is the default run's, so that the study reuses what the default computed
+    default = copy.deepcopy(DEFAULT)
+    default["finetune"].pop("seed"), default.pop("prune")
+    assert {k: v for k, v in study.items() if k != "results_name"} == default

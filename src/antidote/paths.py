@@ -33,21 +33,25 @@ PATHS = {
 }
 
 
-def evaluation_paths(harmful_split: str) -> dict[str, str]:
+def evaluation_paths(harmful_split: str, results_name: str = "") -> dict[str, str]:
     """Stage 5 and the results made from it. Those of the validation prompts live apart
-    (``results/validation/...``, logs and benchmarks likewise), never over the test results."""
+    (``results/validation/...``, logs and benchmarks likewise), never over the test results.
+    A config's ``results_name`` puts its summary, tables and plots in a folder of their own
+    (``results/<name>/``), so that one config's results table never replaces another's; the
+    evaluations are shared, keyed by the settings they depend on."""
     sub = "" if harmful_split == "harmful_test" else "validation/"
     results = f"results/{sub}"
+    collected = results + (f"{results_name}/" if results_name else "")
     return {
         "run_metrics": results + "eval/{run}/{model}/metrics.parquet",
         "run_answers": results + "eval/{run}/{model}/answers.jsonl",
         "reference_metrics": results + "eval/reference/{task}/{model}/metrics.parquet",
         "reference_answers": results + "eval/reference/{task}/{model}/answers.jsonl",
-        "summary_parquet": results + "summary.parquet",
-        "summary_csv": results + "summary.csv",
-        "summary_markdown": results + "summary.md",
-        "tables": results + "tables",
-        "plots": results + "plots",
+        "summary_parquet": collected + "summary.parquet",
+        "summary_csv": collected + "summary.csv",
+        "summary_markdown": collected + "summary.md",
+        "tables": collected + "tables",
+        "plots": collected + "plots",
         "logs": f"logs/{sub}",
         "benchmarks": f"benchmarks/{sub}",
     }
