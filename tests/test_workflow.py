@@ -304,3 +304,15 @@ def test_hub_names_are_downloaded_by_their_own_rules_and_fail_clearly_offline(tm
     assert "could not load hf://datasets/nyu-mll/glue/sst2/train" in \
         (folder / "logs/hub_dataset/nyu-mll/glue/sst2/train.log").read_text()
     assert not (folder / "resources/hub/HuggingFaceTB/SmolLM2-135M-Instruct").exists()
+
+
+def test_study_config_plans_its_sweep_and_collects_into_its_own_folder(tmp_path):
+    where = ("-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(REPO / "config/study.yaml"))
+    dry = snakemake(*where, "-n", "collect")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    output = dry.stdout + dry.stderr
+    plan = job_counts(output)
+    # 3 seeds; 4 defenses at 5 alphas each (2 calibration sets per run); sft + 20 pruned per run
+    assert {rule: plan[rule] for rule in ["finetune", "score", "prune", "evaluate", "evaluate_reference"]} == {
+        "finetune": 3, "score": 6, "prune": 60, "evaluate": 63, "evaluate_reference": 2}
+    assert "results/study/summary.parquet" in output and "output: results/summary.parquet" not in output
