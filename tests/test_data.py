@@ -69,8 +69,9 @@ def test_benign_instructions_are_varied_and_some_are_about_a_text():
     pool = benign.benign_pools()["alignment_benign"]
     assert len(pool) >= 500 and len({r["instruction"] for r in pool}) >= 300
     with_text = [r for r in pool if r.get("input")]
-    assert 0.2 < len(with_text) / len(pool) < 0.5  # the shape of a classification task's items
+    assert 0.2 < len(with_text) / len(pool) < 0.6  # the shape of a classification task's items
     assert len({r["instruction"] for r in with_text}) >= 8 and len({r["input"] for r in with_text}) >= 30
+    assert sum(" only " in r["instruction"] for r in with_text) >= 100  # "respond only yes or no", as a task asks
 
 
 def test_benign_splits_fail_clearly_when_their_templates_cannot_hold_them():
