@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 from antidote.maskfile import read_mask_info
 from antidote.modeling import merged_in_fp32
 from antidote.prune import update_removed
-from antidote.safelora import (alignment_from_adapter, alignment_from_models, lora_scaling, projected,
-                               selected_modules)
+from antidote.safelora import alignment_from_adapter, lora_modules, lora_scaling, projected, selected_modules
 from antidote.stages import safelora_stage, train_stage
 
 from test_model_families import RECORDS, save_tiny_model
@@ -156,12 +155,14 @@ def test_stage_1_keeps_the_adapter_it_merged(tmp_path):
     train_stage(base, [tmp_path / "data.jsonl"], tmp_path / "aligned", {"r": 4, "alpha": 8},
                 {"epochs": 1, "learning_rate": 1e-2, "batch_size": 2, "max_length": 128}, "chat", merge=True,
                 adapter_dir=tmp_path / "adapter")
-    factors = alignment_from_adapter(load_file(tmp_path / "adapter/adapter_model.safetensors"),
-                                     json.loads((tmp_path / "adapter/adapter_config.json").read_text()))
+    weights = load_file(tmp_path / "adapter/adapter_model.safetensors")
+    alignment = alignment_from_adapter(weights, json.loads((tmp_path / "adapter/adapter_config.json").read_text()))
     before = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
     after = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "aligned").named_parameters())
-    assert len(factors) == 6
-    for module, (left, right) in factors.items():
+    assert len(lora_modules(weights)) == 6
+    assert alignment("base_model.model.model.layers.0.self_attn.o_proj") is None  # not an aligned module
+    for module in lora_modules(weights):
+        left, right = alignment(module)
         weight = module.removeprefix("base_model.model.") + ".weight"
         update = (after[weight] - before[weight]).detach().double()
         assert update.abs().max() > 0 and torch.allclose(left @ right, update, atol=1e-6), module

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -45,17 +46,25 @@ def lora_scaling(adapter_config: dict) -> float:
 
 
 Factors = tuple[torch.Tensor, torch.Tensor]  # (L, R) with V = L @ R, in float64
+# A module's alignment update, made when it is needed (one module's worth of memory at a time);
+# None where there is none
+AlignmentUpdate = Callable[[str], Factors | None]
 
 
-def alignment_from_adapter(weights: dict[str, torch.Tensor], adapter_config: dict) -> dict[str, Factors]:
-    """V = scaling * B_al @ A_al of every module of the alignment adapter, as its two factors."""
+def alignment_from_adapter(weights: dict[str, torch.Tensor], adapter_config: dict) -> AlignmentUpdate:
+    """V = scaling * B_al @ A_al of a module of the alignment adapter, as its two factors."""
     scaling = lora_scaling(adapter_config)
-    return {module: (scaling * weights[f"{module}.lora_B.weight"].double(), weights[f"{module}.lora_A.weight"].double())
-            for module in lora_modules(weights)}
+
+    def update(module: str) -> Factors | None:
+        if f"{module}.lora_A.weight" not in weights:
+            return None
+        return scaling * weights[f"{module}.lora_B.weight"].double(), weights[f"{module}.lora_A.weight"].double()
+
+    return update
 
 
-def alignment_from_models(base_dir: Path, aligned_dir: Path, modules: list[str]) -> dict[str, Factors]:
-    """V = W_aligned - W_base of each module, read from two HF model directories (safetensors, one
+def alignment_from_models(base_dir: Path, aligned_dir: Path) -> AlignmentUpdate:
+    """V = W_aligned - W_base of a module, read from two HF model directories (safetensors, one
     file or sharded), for an aligned model that comes without its adapter. V is as large as the
     weight; its thin QR factors are exact and no larger."""
     from safetensors import safe_open
@@ -68,11 +77,11 @@ def alignment_from_models(base_dir: Path, aligned_dir: Path, modules: list[str])
         with safe_open(model_dir / file, framework="pt") as tensors:
             return tensors.get_tensor(name).double()
 
-    factors = {}
-    for module in modules:
+    def update(module: str) -> Factors:
         name = module.removeprefix(PEFT_PREFIX) + ".weight"
-        factors[module] = torch.linalg.qr(read(aligned_dir, name) - read(base_dir, name))
-    return factors
+        return tuple(torch.linalg.qr(read(aligned_dir, name) - read(base_dir, name)))
+
+    return update
 
 
 def projected(b: torch.Tensor, v: Factors) -> torch.Tensor | None:
@@ -114,7 +123,7 @@ def selected_modules(cosines: dict[str, float], select: str, value: float) -> se
     return {module for module, cosine in cosines.items() if cosine <= limit}
 
 
-def safelora(weights: dict[str, torch.Tensor], alignment: dict[str, Factors], select: str,
+def safelora(weights: dict[str, torch.Tensor], alignment: AlignmentUpdate, select: str,
              value: float) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """The user's adapter weights with ``B <- C @ B`` in the selected modules, and one record per
     module: its cosine and whether it was projected. A module the alignment update does not
@@ -123,7 +132,7 @@ def safelora(weights: dict[str, torch.Tensor], alignment: dict[str, Factors], se
     candidates, cosines = {}, {}
     for module in lora_modules(weights):
         a, b = weights[f"{module}.lora_A.weight"].double(), weights[f"{module}.lora_B.weight"].double()
-        v = alignment.get(module)
+        v = alignment(module)
         if v is not None and (v[0].shape[0], v[1].shape[1]) != (b.shape[0], a.shape[1]):
             raise ValueError(f"{module}: the alignment update is {v[0].shape[0]} x {v[1].shape[1]}, the adapter's "
                              f"{b.shape[0]} x {a.shape[1]}: not the same model")

@@ -18,7 +18,7 @@ from .maskfile import write_masks, write_projection
 from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
 from .records import read_jsonl, write_jsonl
 from .prune import DEFENSES, ROUNDING, apply_masks, compute_masks, mask_scope, update_removed
-from .safelora import alignment_from_adapter, alignment_from_models, lora_modules, safelora
+from .safelora import alignment_from_adapter, alignment_from_models, safelora
 from .tasks import TASKS
 from .quantization import check_quantization, load_base_for_training
 from .train import LoraSettings, TrainSettings, train_lora
@@ -224,7 +224,7 @@ def safelora_stage(adapter_dir: Path, select: str, value: float, out_adapter: Pa
         config = json.loads((alignment_adapter / "adapter_config.json").read_text())
         alignment = alignment_from_adapter(load_file(alignment_adapter / ADAPTER_WEIGHTS), config)
     elif base_model is not None and aligned_model is not None:
-        alignment = alignment_from_models(base_model, aligned_model, lora_modules(weights))
+        alignment = alignment_from_models(base_model, aligned_model)
     else:
         raise ValueError("SafeLoRA needs the alignment update: the alignment adapter, or the base and the "
                          "aligned model directories")
