@@ -34,7 +34,7 @@ rule plots:
         [
             report(f"{PATHS['plots']}/{name}.png", caption="../workflow/report/plots.rst", category="Plots",
                    labels={"plot": name})
-            for name in plot_names(SWEPT_AXES)
+            for name in plot_names(SWEPT_AXES, masked=bool(ALPHAS))
         ],
     log:
         f"{LOGS}plots.log",

@@ -235,3 +235,12 @@ def test_plots_with_safelora_are_written(summary, tmp_path):
     written = write_plots(with_safelora(summary), tmp_path)
     assert [p.stem for p in written] == ["tradeoff", "by_update_removed", "by_alpha", "by_harmful_ratio"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_safelora_alone_has_no_alpha_plot(tmp_path):
+    only = with_safelora(synthetic_summary(grid_config(alpha=[0.1])))
+    only = only[~only["model"].isin(["antidote", "random", "magnitude"])]
+    written = write_plots(only, tmp_path)
+    assert [p.stem for p in written] == plot_names(swept_axes(only), masked=False) == [
+        "tradeoff", "by_update_removed", "by_harmful_ratio"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)

@@ -28,14 +28,15 @@ STYLE = {"base": ("tab:gray", "X"), "aligned": ("tab:purple", "*"), "sft": ("bla
          **{defense: (f"C{i}", "s^Dvp<>h"[i % 8]) for i, defense in enumerate(DEFENSES)}}
 
 
-def plotted_axes(axes: Iterable[str]) -> list[str]:
-    """Alpha always (it is Antidote's one setting), then every other swept axis."""
-    return ["alpha", *(axis for axis in AXES if axis in axes and axis != "alpha")]
+def plotted_axes(axes: Iterable[str], masked: bool = True) -> list[str]:
+    """Alpha always (it is Antidote's one setting) unless no model is ``masked`` (SafeLoRA alone
+    has no alpha), then every other swept axis."""
+    return [*(["alpha"] if masked else []), *(axis for axis in AXES if axis in axes and axis != "alpha")]
 
 
-def plot_names(axes: Iterable[str]) -> list[str]:
+def plot_names(axes: Iterable[str], masked: bool = True) -> list[str]:
     """The trade-off scatter, HS and FA against the update removed, then one plot per plotted axis."""
-    return ["tradeoff", "by_update_removed", *(f"by_{axis}" for axis in plotted_axes(axes))]
+    return ["tradeoff", "by_update_removed", *(f"by_{axis}" for axis in plotted_axes(axes, masked))]
 
 
 def _panels(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -165,9 +166,9 @@ def plot_against_removed(summary: pd.DataFrame, path: str | Path) -> None:
 
 def write_plots(summary: pd.DataFrame, folder: str | Path) -> list[Path]:
     """The plots plot_names lists: tradeoff.png, by_update_removed.png, by_<axis>.png."""
-    folder, axes = Path(folder), swept_axes(summary)
+    folder, axes, masked = Path(folder), swept_axes(summary), summary["alpha"].notna().any()
     plot_tradeoff(summary, folder / "tradeoff.png")
     plot_against_removed(summary, folder / "by_update_removed.png")
-    for axis in plotted_axes(axes):
+    for axis in plotted_axes(axes, masked):
         plot_against(summary, axis, folder / f"by_{axis}.png")
-    return [folder / f"{name}.png" for name in plot_names(axes)]
+    return [folder / f"{name}.png" for name in plot_names(axes, masked)]
