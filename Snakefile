@@ -30,7 +30,7 @@ rule all:
         rules.collect.output,
         rules.tables.output,
         rules.plots.output,
-        rules.mask_stats.output,
+        rules.mask_stats.output if MASKED_MODELS else [],  # SafeLoRA alone masks nothing
     default_target: True
 
 

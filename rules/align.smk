@@ -1,10 +1,12 @@
 rule align:
-    """Stage 1: LoRA SFT of the base model on harmful prompt -> refusal (+ benign), merged."""
+    """Stage 1: LoRA SFT of the base model on harmful prompt -> refusal (+ benign), merged; the
+    adapter it merged is kept too (SafeLoRA's alignment update)."""
     input:
         model=external(config["base_model"]),
         data=alignment_data(),
     output:
-        directory(PATHS["aligned_model"]),
+        model=directory(PATHS["aligned_model"]),
+        adapter=directory(PATHS["alignment_adapter"]),
     params:
         lora=config["align"]["lora"],
         train=config["align"]["train"],

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from antidote.config import (TASK_FILE_KEYS, check_config, defense_alphas, expand_runs, missing_paths,
+from antidote.config import (TASK_FILE_KEYS, check_config, expand_runs, missing_paths, pruned_models,
                              resolve_hub_names, split_sources)
-from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_paths, pruned_name
+from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_paths
 from antidote.plots import plot_names
 from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
 from antidote.results import REFERENCE_MODELS, run_axes, swept_axes, table_names
@@ -43,19 +43,29 @@ SPLIT_NAMES = [
 # (sst2-p0.2-lr0.001-ep2-n200-s0), with the mask ratios it is pruned with.
 RUNS = expand_runs(config)
 TASKS = sorted({run["task"] for run in RUNS.values()})
-# Every pruned model's name (antidote-a0.1) -> its defense and alpha: names are made, never parsed back.
-PRUNED = {pruned_name(d, a): {"defense": d, "alpha": a} for r in RUNS.values() for d, a in defense_alphas(r, config["prune"])}
+# Every pruned model's name (antidote-a0.1, safelora-k10) -> its defense, alpha and SafeLoRA setting:
+# names are made, never parsed back.
+PRUNED = {name: spec for r in RUNS.values() for name, spec in pruned_models(r, config["prune"]).items()}
+# The masking defenses' models (rule prune) and SafeLoRA's (rule safelora, which masks nothing)
+MASKED = [name for name, spec in PRUNED.items() if DEFENSE_REGISTRY[spec["defense"]].masks]
+PROJECTED = [name for name in PRUNED if name not in MASKED]
 # The axes with more than one value get tables and plots of their own.
-SWEPT_AXES = swept_axes({**run_axes(RUNS), "alpha": sorted({p["alpha"] for p in PRUNED.values()})})
+ALPHAS = sorted({spec["alpha"] for spec in PRUNED.values() if spec["alpha"] is not None})  # SafeLoRA has none
+SWEPT_AXES = swept_axes({**run_axes(RUNS), "alpha": ALPHAS})
 
 
 def run_models(run):
-    """The models of a fine-tuning run: the undefended adapter, then each defense at each alpha."""
-    return ["sft", *(pruned_name(d, a) for d, a in defense_alphas(RUNS[run], config["prune"]))]
+    """The models of a fine-tuning run: the undefended adapter, then each defense at each setting."""
+    return ["sft", *pruned_models(RUNS[run], config["prune"])]
 
 
-# (run, model) of every pruned model of the grid
-PRUNED_MODELS = [(run, model) for run in RUNS for model in run_models(run) if model in PRUNED]
+# (run, model) of every masked model of the grid: those with a mask file
+MASKED_MODELS = [(run, model) for run in RUNS for model in run_models(run) if model in MASKED]
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly these names (and nothing where there are none)."""
+    return "|".join(map(re.escape, names)) or "(?!)"
 
 
 # The authors' slices take items in file order (data.beavertails.order: authors), else seeded samples.
@@ -165,7 +175,7 @@ def get_finetune_training(wildcards):
 # --- pruning
 
 def get_pruned(wildcards):
-    """Defense and alpha of the pruned model wildcards.model names."""
+    """Defense, alpha and SafeLoRA setting of the pruned model wildcards.model names."""
     return PRUNED[wildcards.model]
 
 
@@ -178,12 +188,20 @@ def get_calibration_inputs(wildcards):
     return inputs
 
 
+def get_setdiff_beta(wildcards):
+    """prune.setdiff_beta for antidote-setdiff (None: its alpha), None for the others: a new beta
+    reruns that defense alone."""
+    return config["prune"]["setdiff_beta"] if DEFENSE_REGISTRY[PRUNED[wildcards.model]["defense"]].spared else None
+
+
 def get_prune_inputs(wildcards):
-    """Data-aware defenses read the feature norms of their calibration set; the others need the adapter alone."""
+    """Data-aware defenses read the feature norms of their calibration set (antidote-setdiff also
+    the benign set's, whose top entries it spares); the others need the adapter alone."""
     inputs = {"adapter": PATHS["adapter"].format(run=wildcards.run)}
-    calibration = DEFENSE_REGISTRY[PRUNED[wildcards.model]["defense"]].calibration
-    if calibration:
-        inputs["feature_norms"] = PATHS["feature_norms"].format(run=wildcards.run, calibration=calibration)
+    defense = DEFENSE_REGISTRY[PRUNED[wildcards.model]["defense"]]
+    for role, calibration in [("feature_norms", defense.calibration), ("spared_feature_norms", defense.spared)]:
+        if calibration:
+            inputs[role] = PATHS["feature_norms"].format(run=wildcards.run, calibration=calibration)
     return inputs
 
 
@@ -197,9 +215,11 @@ def get_evaluated_model(wildcards):
         return {"model": external(config["base_model"]) if wildcards.model == "base" else PATHS["aligned_model"]}
     if wildcards.model == "sft":
         return {"model": PATHS["aligned_model"], "adapter": PATHS["adapter"].format(**wildcards)}
-    # a pruned model's mask file carries its update_removed, a column of the summary
+    # a pruned model's record (its mask, or SafeLoRA's projection table) carries its update_removed,
+    # a column of the summary
+    record = PATHS["mask"] if wildcards.model in MASKED else PATHS["projection"]
     return {"model": PATHS["aligned_model"], "adapter": PATHS["pruned_adapter"].format(**wildcards),
-            "mask": PATHS["mask"].format(**wildcards)}
+            "record": record.format(**wildcards)}
 
 
 def harmful_sets():
@@ -227,13 +247,16 @@ def get_task_eval(wildcards):
 
 
 def get_summary_row(wildcards):
-    """The settings columns of the evaluated model's summary rows (a reference model has no run and no alpha)."""
+    """The settings columns of the evaluated model's summary rows (a reference model has no run, no
+    alpha and no SafeLoRA setting)."""
+    unpruned = dict(alpha=None, safelora_select=None, safelora_value=None)
     if "run" not in wildcards.keys():
         empty = dict(harmful_ratio=None, learning_rate=None, epochs=None, n_samples=None, seed=None)
-        return dict(model=wildcards.model, task=wildcards.task, alpha=None, update_removed=None, **empty)
-    pruned = PRUNED.get(wildcards.model, {"defense": "sft", "alpha": None})
-    # sft removes nothing; a pruned model's share is read from its mask file by the evaluate script
-    return dict(model=pruned["defense"], alpha=pruned["alpha"], update_removed=0.0, **run_settings(wildcards.run))
+        return dict(model=wildcards.model, task=wildcards.task, update_removed=None, **unpruned, **empty)
+    pruned = PRUNED.get(wildcards.model, {"defense": "sft", **unpruned})
+    settings = {key: pruned[key] for key in unpruned}
+    # sft removes nothing; a pruned model's share is read from its record by the evaluate script
+    return dict(model=pruned["defense"], update_removed=0.0, **settings, **run_settings(wildcards.run))
 
 
 def evaluated_metrics():

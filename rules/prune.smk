@@ -9,11 +9,33 @@ rule prune:
         pruned=get_pruned,
         seed=config["prune"]["seed"],
         random_scope=config["prune"]["random_scope"],
+        beta=get_setdiff_beta,
     wildcard_constraints:
-        model="|".join(map(re.escape, PRUNED)),
+        model=one_of(MASKED),
     log:
         "logs/prune/{run}/{model}.log",
     conda:
         ENV
     script:
         "../workflow/scripts/prune.py"
+
+
+rule safelora:
+    """Stage 4, SafeLoRA: the adapter's lora_B projected onto the alignment update in the modules
+    whose update points furthest from it (PEFT format), and each module's cosine (Parquet)."""
+    input:
+        adapter=PATHS["adapter"],
+        alignment=PATHS["alignment_adapter"],
+    output:
+        adapter=directory(PATHS["pruned_adapter"]),
+        projection=PATHS["projection"],
+    params:
+        pruned=get_pruned,
+    wildcard_constraints:
+        model=one_of(PROJECTED),
+    log:
+        "logs/safelora/{run}/{model}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/safelora.py"

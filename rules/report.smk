@@ -34,7 +34,7 @@ rule plots:
         [
             report(f"{PATHS['plots']}/{name}.png", caption="../workflow/report/plots.rst", category="Plots",
                    labels={"plot": name})
-            for name in plot_names(SWEPT_AXES)
+            for name in plot_names(SWEPT_AXES, masked=bool(ALPHAS))
         ],
     log:
         f"{LOGS}plots.log",
@@ -46,17 +46,17 @@ rule plots:
 
 rule mask_stats:
     """Where the masks sit: overlap between the defenses of a run and alpha, and pruned-entry
-    density per layer, module and LoRA matrix (read from the mask files)."""
+    density per layer, module and LoRA matrix (read from the mask files; SafeLoRA masks nothing)."""
     input:
-        [PATHS["mask"].format(run=run, model=model) for run, model in PRUNED_MODELS],
+        [PATHS["mask"].format(run=run, model=model) for run, model in MASKED_MODELS],
     output:
         overlap=[f"{PATHS['tables']}/mask_overlap.csv", f"{PATHS['tables']}/mask_overlap.md"],
         density=f"{PATHS['tables']}/mask_density.csv",
         plot=report(f"{PATHS['plots']}/mask_density.png", caption="../workflow/report/plots.rst",
                     category="Plots", labels={"plot": "mask_density"}),
     params:
-        models=PRUNED_MODELS,
-        pruned=PRUNED,
+        models=MASKED_MODELS,
+        pruned={name: PRUNED[name] for name in MASKED},
     log:
         f"{LOGS}mask_stats.log",
     conda:

@@ -105,6 +105,22 @@ BAD = [
      ["evaluate.harmful_sets[0].path: 'data/mine.csv' does not exist"]),
     ("evaluate.benign_prompts", {"path": "data/benign.txt"}, ["evaluate.benign_prompts.path: 'data/benign.txt' does not exist"]),
     ("evaluate.benign_prompts", {"file": "data/benign.txt"}, ["'file' was unexpected"]),
+    ("prune.safelora", [{"select": "number", "value": 10}], ["'number' is not one of", "select"]),
+    ("prune.safelora", [{"select": "count"}], ["'value' is a required property"]),
+    ("prune.safelora", [], ["should be non-empty", "safelora"]),
+    ("prune.safelora", [{"select": "count", "value": 2.5}],
+     ["prune.safelora[0].value: 2.5 with select 'count'; expected a whole number of modules, at least 1"]),
+    ("prune.safelora", [{"select": "count", "value": 0}], ["prune.safelora[0].value: 0 with select 'count'"]),
+    ("prune.safelora", [{"select": "fraction", "value": 1.5}],
+     ["prune.safelora[0].value: 1.5 with select 'fraction'; expected a fraction of the modules in (0, 1]"]),
+    ("prune.safelora", [{"select": "threshold", "value": 2}],
+     ["prune.safelora[0].value: 2 with select 'threshold'; expected a cosine in [-1, 1]"]),
+    ("prune.safelora", [{"select": "count", "value": 10}, {"select": "count", "value": 10.0}],
+     ["prune.safelora[1]: count 10.0 is prune.safelora[0] again"]),
+    ("prune.setdiff_beta", 1.0, ["1.0 is greater than or equal to the maximum of 1", "setdiff_beta"]),
+    ("prune.setdiff_beta", "alpha", ["'alpha' is not of type 'number', 'null'"]),
+    ("prune", {"alpha": [0.1], "defenses": ["antidote", "safelora"], "alpha_by_defense": {"safelora": [0.1]}},
+     ["prune.alpha_by_defense.safelora: SafeLoRA has no alpha; its setting is prune.safelora"]),
 ]
 
 
@@ -146,12 +162,24 @@ def test_the_workflow_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists() and not (tmp_path / "resources").exists()
 
 
-def test_alpha_by_defense_gives_one_defense_a_curve():
-    from antidote.config import defense_alphas
+def test_alpha_by_defense_gives_one_defense_a_curve_and_safelora_its_own_settings():
+    from antidote.config import pruned_models
 
-    prune = {"defenses": ["antidote", "random"], "alpha_by_defense": {"antidote": [0.05, 0.1, 0.2]}}
-    assert defense_alphas({"alphas": [0.1]}, prune) == [("antidote", 0.05), ("antidote", 0.1), ("antidote", 0.2),
-                                                        ("random", 0.1)]
+    prune = {"defenses": ["antidote", "random", "safelora"], "alpha_by_defense": {"antidote": [0.05, 0.1, 0.2]},
+             "safelora": [{"select": "count", "value": 10}, {"select": "threshold", "value": 0.5}]}
+    models = pruned_models({"alphas": [0.1]}, prune)
+    assert list(models) == ["antidote-a0.05", "antidote-a0.1", "antidote-a0.2", "random-a0.1", "safelora-k10",
+                            "safelora-t0.5"]
+    assert models["random-a0.1"] == {"defense": "random", "alpha": 0.1, "safelora_select": None, "safelora_value": None}
+    assert models["safelora-t0.5"] == {"defense": "safelora", "alpha": None, "safelora_select": "threshold",
+                                       "safelora_value": 0.5}
+
+
+def test_peer_defenses_take_the_reference_defaults():
+    config = changed("prune.defenses", ["antidote", "antidote-setdiff", "safelora"])
+    check(config)
+    assert config["prune"]["safelora"] == [{"select": "count", "value": 10}]
+    assert config["prune"]["setdiff_beta"] is None
 
 
 def test_study_config_is_the_default_run_with_seeds_and_a_sweep_of_every_defense():
@@ -162,6 +190,7 @@ def test_study_config_is_the_default_run_with_seeds_and_a_sweep_of_every_defense
     prune = study.pop("prune")
     assert set(prune["defenses"]) == set(DEFENSES) and not prune.get("alpha_by_defense")
     assert min(prune["alpha"]) <= 0.01 and max(prune["alpha"]) >= 0.3 and len(prune["alpha"]) >= 5
+    assert len(prune["safelora"]) >= 3  # SafeLoRA's own setting swept: alpha means nothing to it
     # everything else is the default run's, so that the study reuses what the default computed
     default = copy.deepcopy(DEFAULT)
     default["finetune"].pop("seed"), default.pop("prune")

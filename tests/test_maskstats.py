@@ -55,3 +55,12 @@ def test_write_mask_stats_reads_the_parquet_files(tmp_path):
     assert pd.read_csv(tmp_path / "tables" / "mask_overlap.csv")["overlap"].tolist() == [50.0]
     assert len(pd.read_csv(tmp_path / "tables" / "mask_density.csv")) == 4
     assert (tmp_path / "plots" / "mask_density.png").stat().st_size > 0
+
+
+def test_setdiff_overlap_is_the_share_of_antidotes_entries_it_keeps_and_safelora_is_left_out():
+    subset = masks([[1, 0, 0, 0]], [[0, 0], [0, 1]])  # 2 of FIRST's 4 entries
+    pruned = {**PRUNED, "antidote-setdiff-a0.5": {"defense": "antidote-setdiff", "alpha": 0.5},
+              "safelora-k10": {"defense": "safelora", "alpha": None}}  # no mask: never among the files
+    table = overlap_table({("run", "antidote-a0.5"): FIRST, ("run", "antidote-setdiff-a0.5"): subset}, pruned)
+    assert table[["defense", "other", "overlap"]].values.tolist() == [["antidote", "antidote-setdiff", 50.0]]
+    assert overlap(subset, FIRST) == 100.0

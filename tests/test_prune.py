@@ -202,3 +202,62 @@ def test_prune_stage_records_update_removed(tmp_path):
     report = prune_stage(tmp_path / "adapter", None, "magnitude", 0.2, 0, tmp_path / "pruned", tmp_path / "mask.parquet")
     expected = update_removed(weights, apply_masks(weights, compute_masks(weights, None, "magnitude", 0.2)))
     assert report["update_removed"] == read_mask_info(tmp_path / "mask.parquet")["update_removed"] == expected > 0
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.25, None), (0.25, 0.1), (0.1, 0.4)])
+def test_setdiff_mask_against_brute_force(alpha, beta):
+    """antidote-setdiff: each row's top alpha by the harmful Wanda score, except the entries also in
+    the row's top beta by the benign one (beta defaults to alpha), entry by entry."""
+    generator = torch.Generator().manual_seed(5)
+    weights = {"w": torch.randn(9, 40, generator=generator), "v": torch.randn(6, 13, generator=generator)}
+    harmful = {n: torch.rand(w.shape[1], generator=generator) for n, w in weights.items()}
+    benign = {n: torch.rand(h.shape, generator=generator) for n, h in harmful.items()}
+    masks = compute_masks(weights, harmful, "antidote-setdiff", alpha, spared_norms=benign, beta=beta)
+    for name, weight in weights.items():
+        harmful_top = authors_mask(antidote_score(weight, harmful[name]), alpha)
+        benign_top = authors_mask(antidote_score(weight, benign[name]), alpha if beta is None else beta)
+        expected = torch.tensor([[bool(harmful_top[i, j]) and not benign_top[i, j] for j in range(weight.shape[1])]
+                                 for i in range(weight.shape[0])])
+        assert torch.equal(masks[name], expected), name
+        assert 0 < int(masks[name].sum()) < int(harmful_top.sum())  # some spared, some still pruned
+        assert not (masks[name] & ~compute_masks(weights, harmful, "antidote", alpha)[name]).any()
+
+
+def test_setdiff_needs_both_statistics_and_a_beta_in_range():
+    weights, norms = {"w": torch.randn(4, 10)}, {"w": torch.rand(10)}
+    with pytest.raises(KeyError, match="no calibration feature norms for w"):
+        compute_masks(weights, norms, "antidote-setdiff", 0.2)
+    with pytest.raises(ValueError, match="beta must lie in"):
+        compute_masks(weights, norms, "antidote-setdiff", 0.2, spared_norms=norms, beta=1.0)
+    with pytest.raises(ValueError, match="safelora masks nothing"):
+        compute_masks(weights, None, "safelora", 0.2)
+    # with the same statistics for both sets, nothing is left to prune
+    assert not compute_masks(weights, norms, "antidote-setdiff", 0.2, spared_norms=norms)["w"].any()
+
+
+def test_setdiff_adapter_loads_with_peft_and_records_beta(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from antidote.maskfile import read_mask_info
+    from antidote.stages import prune_stage
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, lora_alpha=8))
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight)
+    model.save_pretrained(tmp_path / "adapter")
+    weights = load_file(tmp_path / "adapter/adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(0)
+    for calibration in ("harmful", "benign"):
+        save_file({n: torch.rand(w.shape[1], generator=generator) for n, w in weights.items()},
+                  tmp_path / f"{calibration}.safetensors", metadata={"calibration": calibration})
+    report = prune_stage(tmp_path / "adapter", tmp_path / "harmful.safetensors", "antidote-setdiff", 0.25, 0,
+                         tmp_path / "pruned", tmp_path / "mask.parquet", spared_norms_file=tmp_path / "benign.safetensors")
+    assert read_mask_info(tmp_path / "mask.parquet")["beta"] == 0.25 and 0 < report["update_removed"] < 100
+    masks, _ = read_masks(tmp_path / "mask.parquet")
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "pruned")
+    loaded = {name: p.detach() for name, p in peft.named_parameters()}
+    for name, mask in masks.items():
+        assert torch.equal(loaded[name.replace(".weight", ".default.weight")][mask], torch.zeros(int(mask.sum())))

@@ -189,3 +189,58 @@ def test_plots_are_written_as_png(config, sets, tmp_path):
     for path in written:
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
+
+
+def with_safelora(summary: pd.DataFrame, settings=(("count", 10), ("threshold", 0.5))) -> pd.DataFrame:
+    """``summary`` plus SafeLoRA rows (no alpha) at each setting: sft's numbers, HS lower by the value."""
+    sft = summary[summary["model"] == "sft"]
+    rows = [sft.assign(model="safelora", safelora_select=select, safelora_value=float(value),
+                       harmful_score=sft["harmful_score"] - value, update_removed=40.0 + value)
+            for select, value in settings]
+    return pd.concat([summary, *rows], ignore_index=True)
+
+
+def test_safelora_rows_are_named_by_their_setting_and_repeat_under_every_alpha(summary):
+    both = with_safelora(summary)
+    main = main_table(both)
+    order = main.query("judge == 'refusal'")["defense"].astype(str).unique().tolist()
+    assert order[-2:] == ["safelora-k10", "safelora-t0.5"]  # after the masking defenses, by setting
+    row = one_row(main, judge="refusal", defense="safelora-k10", harmful_ratio=0.2)
+    assert row["HS mean"] == pytest.approx(80 + 20 + 2 - 10) and row["runs"] == 3 and pd.isna(row["alpha"])
+    by_alpha = summary_tables(both)["by_alpha"]
+    threshold = one_row(by_alpha, judge="refusal", defense="safelora-t0.5", harmful_ratio=0.1)
+    assert threshold["HS mean (alpha=0.05)"] == threshold["HS mean (alpha=0.1)"] == pytest.approx(80 + 10 + 2 - 0.5)
+    by_ratio = summary_tables(both)["by_harmful_ratio"]
+    assert one_row(by_ratio, judge="refusal", defense="safelora-k10")["HS mean (p=0.1)"] == pytest.approx(82)
+    # and without SafeLoRA the tables are those of before
+    for name, table in summary_tables(summary).items():
+        mine = summary_tables(both)[name]
+        mine = mine[~mine["defense"].astype(str).str.startswith("safelora")].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, table, check_categorical=False)
+
+
+def test_summary_markdown_shows_safelora_settings_only_with_safelora_rows(tmp_path):
+    table = with_safelora(synthetic_summary(grid_config(harmful_ratio=[0.2], alpha=[0.1], seed=[0]),
+                                            judges=("refusal",)), settings=[("count", 10)])
+    table.to_parquet(tmp_path / "metrics.parquet")
+    out = {ext: tmp_path / f"summary.{ext}" for ext in ("parquet", "csv", "md")}
+    collected = collect_summary([tmp_path / "metrics.parquet"], out["parquet"], out["csv"], out["md"])
+    assert collected["model"].tolist()[-1] == "safelora"
+    lines = out["md"].read_text().splitlines()
+    assert "| alpha | safelora_select | safelora_value | seed |" in lines[0]
+    assert lines[-1].startswith("| safelora | sst2 | 0.2 | 0.001 | 2.0 | 200.0 |  | count | 10.0 | 0.0 | refusal |")
+
+
+def test_plots_with_safelora_are_written(summary, tmp_path):
+    written = write_plots(with_safelora(summary), tmp_path)
+    assert [p.stem for p in written] == ["tradeoff", "by_update_removed", "by_alpha", "by_harmful_ratio"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_safelora_alone_has_no_alpha_plot(tmp_path):
+    only = with_safelora(synthetic_summary(grid_config(alpha=[0.1])))
+    only = only[~only["model"].isin(["antidote", "random", "magnitude"])]
+    written = write_plots(only, tmp_path)
+    assert [p.stem for p in written] == plot_names(swept_axes(only), masked=False) == [
+        "tradeoff", "by_update_removed", "by_harmful_ratio"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)

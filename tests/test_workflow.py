@@ -15,6 +15,7 @@ from conftest import build_fixed_verdict_judges, build_model, build_tokenizer
 from tiny_assets import write_tiny_sources
 
 REPO = Path(__file__).resolve().parents[1]
+MASKING = ["antidote", "antidote-benign", "antidote-setdiff", "random", "magnitude"]  # the tiny config's, with SafeLoRA
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -73,14 +74,20 @@ def test_tiny_summary_has_every_expected_row(tiny_run):
     assert (summary.groupby("model")["benign_refusal"].nunique() == 1).all()  # whatever the judge and set
     # every model under each of the three judges on both sets; the model judges' verdicts are fixed (conftest)
     assert summary.groupby(["judge", "harmful_set"])["model"].apply(sorted).to_dict() == {
-        (judge, harmful_set): sorted(["base", "aligned", "sft", "antidote", "antidote-benign", "random", "magnitude"])
+        (judge, harmful_set): sorted(["base", "aligned", "sft", *MASKING, "safelora"])
         for judge in ["refusal", "moderation:tiny-beaver@0.4", "guard:tiny-guard"] for harmful_set in ["harmful_test", "mine"]}
     by_judge = summary.set_index("judge")["harmful_score"]
     assert (by_judge["moderation:tiny-beaver@0.4"] == 100).all() and (by_judge["guard:tiny-guard"] == 0).all()
-    pruned = summary[summary["model"].isin(["antidote", "antidote-benign", "random", "magnitude"])]
+    pruned = summary[summary["model"].isin(MASKING)]
     assert (pruned["alpha"] == 0.25).all() and (pruned["harmful_ratio"] == 0.25).all()
+    assert pruned["safelora_select"].isna().all()
+    # SafeLoRA has no alpha; its setting is in its own columns
+    safelora = summary[summary["model"] == "safelora"]
+    assert safelora["alpha"].isna().all() and (safelora["harmful_ratio"] == 0.25).all()
+    assert (safelora["safelora_select"] == "count").all() and (safelora["safelora_value"] == 2).all()
     # the share of the update each pruned model removed; sft removed nothing, base and aligned have no adapter
     assert pruned["update_removed"].between(0, 100, inclusive="neither").all()
+    assert (safelora["update_removed"] > 0).all()  # SafeLoRA's C is no projector: it may exceed 100
     assert (summary.loc[summary["model"] == "sft", "update_removed"] == 0).all()
     assert summary.loc[summary["model"].isin(["base", "aligned"]), "update_removed"].isna().all()
     assert pd.read_csv(folder / "results/summary.csv").shape[0] == len(summary)
@@ -99,8 +106,11 @@ def test_tiny_run_writes_the_main_table_and_the_plots(tiny_run):
     assert sorted(p.name for p in (folder / "results/plots").iterdir()) == [
         "by_alpha.png", "by_update_removed.png", "mask_density.png", "tradeoff.png"]
     overlap = pd.read_csv(folder / "results/tables/mask_overlap.csv")
-    assert ["antidote", "antidote-benign"] in overlap[["defense", "other"]].values.tolist()
+    pairs = overlap[["defense", "other"]].values.tolist()
+    assert ["antidote", "antidote-benign"] in pairs and ["antidote", "antidote-setdiff"] in pairs
+    assert "safelora" not in overlap[["defense", "other"]].values  # it masks nothing
     assert overlap["overlap"].between(0, 100).all()
+    assert "| safelora-k2 |" in main
 
 
 def test_tiny_pruned_adapter_loads_with_peft_and_matches_its_mask(tiny_run):
@@ -131,6 +141,39 @@ def test_tiny_pruned_adapter_loads_with_peft_and_matches_its_mask(tiny_run):
     assert torch.equal(loaded[peft_name].detach()[masks[some]], torch.zeros(int(masks[some].sum())))
 
 
+def test_tiny_peer_defenses_load_with_peft(tiny_run):
+    """antidote-setdiff prunes a subset of Antidote's entries; SafeLoRA projects lora_B of the 2
+    modules of lowest cosine, against the alignment adapter that stage 1 kept."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from antidote.maskfile import read_mask_info, read_masks
+
+    folder, _, _ = tiny_run
+    run = next((folder / "results/prune").iterdir())
+    assert (folder / "results/align/adapter/adapter_config.json").exists()
+    original = load_file(folder / "results/finetune" / run.name / "adapter/adapter_model.safetensors")
+    setdiff, info = read_masks(run / "antidote-setdiff-a0.25/mask.parquet")
+    antidote, _ = read_masks(run / "antidote-a0.25/mask.parquet")
+    assert info["defense"] == "antidote-setdiff" and info["beta"] == 0.25
+    assert all(not (mask & ~antidote[name]).any() for name, mask in setdiff.items())
+    assert 0 < sum(int(m.sum()) for m in setdiff.values()) < sum(int(m.sum()) for m in antidote.values())
+    projection = pd.read_parquet(run / "safelora-k2/projection.parquet")
+    assert len(projection) == 6 and projection["cosine"].notna().all() and projection["projected"].sum() >= 2
+    assert read_mask_info(run / "safelora-k2/projection.parquet")["select"] == "count"
+    for variant in ["antidote-setdiff-a0.25", "safelora-k2"]:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder / "results/align/model"),
+                                          run / variant / "adapter")
+        loaded = {n: p.detach() for n, p in model.named_parameters()}
+        for name, weight in load_file(run / variant / "adapter/adapter_model.safetensors").items():
+            assert torch.equal(loaded[name.replace(".weight", ".default.weight")], weight)
+    defended = load_file(run / "safelora-k2/adapter/adapter_model.safetensors")
+    projected = {f"{m}.lora_B.weight" for m in projection.loc[projection["projected"], "module"]}
+    assert {n for n in original if not torch.equal(original[n], defended[n])} == projected
+
+
 def test_tiny_rerun_does_nothing(tiny_run):
     folder, _, _ = tiny_run
     result = snakemake("-n", "--quiet", "rules", cwd=folder)
@@ -158,19 +201,26 @@ def overlay(folder: Path, text: str) -> tuple[str, ...]:
 
 
 AFTER = {"collect": 1, "tables": 1, "plots": 1, "mask_stats": 1, "all": 1}  # every change ends with these
+# a fine-tuning run's pruned models: 5 masking defenses (rule prune) and SafeLoRA (rule safelora)
+PRUNED_JOBS = {"prune": 5, "safelora": 1, "evaluate": 7}
 RERUN_PLANS = {
-    # adding an alpha reruns only pruning, evaluation and collection
-    "alpha": ("prune: {alpha: [0.25, 0.5]}\n", {"prune": 4, "evaluate": 4, **AFTER}),
+    # adding an alpha reruns only pruning, evaluation and collection (not SafeLoRA: it has no alpha)
+    "alpha": ("prune: {alpha: [0.25, 0.5]}\n", {"prune": 5, "evaluate": 5, **AFTER}),
+    # a SafeLoRA setting more reruns SafeLoRA alone (and no mask statistics: it masks nothing)
+    "safelora": ("prune: {safelora: [{select: count, value: 2}, {select: threshold, value: 0.5}]}\n",
+                 {"safelora": 1, "evaluate": 1, **{k: v for k, v in AFTER.items() if k != "mask_stats"}}),
+    # antidote-setdiff's beta reruns that defense alone
+    "setdiff_beta": ("prune: {setdiff_beta: 0.5}\n", {"prune": 1, "evaluate": 1, **AFTER}),
     # a new learning rate reruns fine-tuning onwards, but not alignment
     "learning_rate": ("finetune: {learning_rate: [0.01]}\n",
-                      {"finetune_data": 1, "finetune": 1, "score": 2, "prune": 4, "evaluate": 5, **AFTER}),
+                      {"finetune_data": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, **AFTER}),
     # more task evaluation items rerun the task data onwards, but neither the splits nor alignment
     "task_eval": ("data: {sizes: {task_eval: 7}}\n",
-                  {"task_data": 1, "finetune_data": 1, "finetune": 1, "score": 2, "prune": 4, "evaluate": 5,
+                  {"task_data": 1, "finetune_data": 1, "finetune": 1, "score": 2, **PRUNED_JOBS,
                    "evaluate_reference": 2, **AFTER}),
     # changed alignment settings rerun alignment and everything after it
     "alignment": ("align: {train: {epochs: 2, learning_rate: 0.002}}\n",
-                  {"align": 1, "finetune": 1, "score": 2, "prune": 4, "evaluate": 5, "evaluate_reference": 1, **AFTER}),
+                  {"align": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, "evaluate_reference": 1, **AFTER}),
 }
 
 
@@ -191,8 +241,8 @@ def test_editing_a_stage_script_reruns_that_stage_and_what_follows(tiny_run):
     finally:  # content and time both, as Snakemake caches sources by modification time
         script.write_text(original)
         os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # both calibration sets, and the two defenses that read them
-    assert plan == {"score": 2, "prune": 2, "evaluate": 2, **AFTER}
+    # both calibration sets, and the three defenses that read them
+    assert plan == {"score": 2, "prune": 3, "evaluate": 3, **AFTER}
 
 
 def test_default_config_lints_and_dry_runs(tmp_path):
@@ -213,7 +263,7 @@ def test_default_config_lints_and_dry_runs(tmp_path):
 def test_evaluating_on_the_validation_prompts_writes_apart_and_reruns_nothing_upstream(tiny_run):
     folder, _, _ = tiny_run
     args = overlay(folder, "evaluate: {harmful_split: harmful_validation}\n")
-    assert planned_jobs(folder, *args) == {"evaluate": 5, "evaluate_reference": 2, **AFTER}
+    assert planned_jobs(folder, *args) == {"evaluate": 7, "evaluate_reference": 2, **AFTER}
     summary = snakemake("--summary", *args, cwd=folder).stdout
     assert "results/validation/eval/reference/sst2/base/metrics.parquet" in summary
     assert "results/validation/summary.parquet" in summary
@@ -226,7 +276,7 @@ def test_users_prompt_files_are_inputs_of_every_evaluation_and_a_missing_one_sto
     dry = snakemake("-n", *args, cwd=folder)
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = [job for job in (dry.stdout + dry.stderr).split("\nrule ")[1:] if job.startswith("evaluate")]
-    assert len(jobs) == 7
+    assert len(jobs) == 9
     for job in jobs:
         inputs = job.split("input: ")[1].splitlines()[0].split(", ")
         assert {"tiny/my_harmful.csv", "tiny/benign.txt", "results/data/splits/harmful_test.jsonl"} <= set(inputs)
@@ -254,7 +304,7 @@ def test_beavertails_source_with_own_test_prompts_takes_answers_from_the_data(tm
                            "               task_train: 16, task_eval: 8}}\n")
     plan = planned_jobs(folder, *args)
     assert "base_answers" not in plan  # no benign alignment split, and the harmful answers are BeaverTails'
-    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] + plan["evaluate_reference"] == 7
+    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] + plan["evaluate_reference"] == 9
     made = snakemake("results/data/finetune/sst2-p0.25-lr0.001-ep1-n8-s0.jsonl", "--cores", "1", "--quiet", "rules",
                      *args, cwd=folder)
     assert made.returncode == 0, made.stderr[-3000:]
@@ -312,7 +362,9 @@ def test_study_config_plans_its_sweep_and_collects_into_its_own_folder(tmp_path)
     assert dry.returncode == 0, dry.stderr[-3000:]
     output = dry.stdout + dry.stderr
     plan = job_counts(output)
-    # 3 seeds; 4 defenses at 5 alphas each (2 calibration sets per run); sft + 20 pruned per run
-    assert {rule: plan[rule] for rule in ["finetune", "score", "prune", "evaluate", "evaluate_reference"]} == {
-        "finetune": 3, "score": 6, "prune": 60, "evaluate": 63, "evaluate_reference": 2}
+    # 3 seeds; 5 masking defenses at 5 alphas each (2 calibration sets per run) and 4 SafeLoRA settings;
+    # sft + 29 defended models per run
+    assert {rule: plan[rule] for rule in ["finetune", "score", "prune", "safelora", "evaluate",
+                                          "evaluate_reference"]} == {
+        "finetune": 3, "score": 6, "prune": 75, "safelora": 12, "evaluate": 90, "evaluate_reference": 2}
     assert "results/study/summary.parquet" in output and "output: results/summary.parquet" not in output

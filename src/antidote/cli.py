@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from .modeling import PROMPT_FORMATS, pick_device, set_threads
-from .paths import evaluation_paths
+from .paths import SAFELORA_SELECTIONS, evaluation_paths
 from .prune import DEFENSES, MASK_SCOPES
 from .tasks import TASKS
 
@@ -72,10 +72,19 @@ def cmd_score(a):
 
 
 def cmd_prune(a):
-    from .stages import prune_stage
+    from .stages import prune_stage, safelora_stage
 
+    if a.defense == "safelora":
+        if a.alignment_adapter is None and (a.base_model is None or a.aligned_model is None):
+            raise SystemExit("--defense safelora needs --alignment-adapter, or --base-model and --aligned-model")
+        print(json.dumps(safelora_stage(a.adapter, a.select, a.value, a.out, a.mask, a.alignment_adapter,
+                                        a.base_model, a.aligned_model)))
+        return
+    if a.alpha is None:
+        raise SystemExit(f"--defense {a.defense} needs --alpha")
     print(json.dumps(prune_stage(a.adapter, a.feature_norms, a.defense, a.alpha, a.seed, a.out, a.mask,
-                                 random_scope=a.random_scope)))
+                                 random_scope=a.random_scope, spared_norms_file=a.spared_feature_norms,
+                                 beta=a.beta)))
 
 
 def cmd_evaluate(a):
@@ -164,16 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16); p.add_argument("--max-length", type=int, default=512)
     model_options(p)
 
-    p = add("prune", cmd_prune, "per-row top-alpha masks (Parquet) and the pruned PEFT adapter")
+    p = add("prune", cmd_prune, "per-row top-alpha masks (Parquet) and the pruned PEFT adapter; or SafeLoRA's "
+            "projected adapter and its per-module cosines (--defense safelora)")
     p.add_argument("--adapter", type=Path, required=True)
-    p.add_argument("--feature-norms", type=Path, help="calibration feature norms from 'score' (needed by antidote and antidote-benign)")
     p.add_argument("--defense", choices=list(DEFENSES), default="antidote")
-    p.add_argument("--alpha", type=float, required=True, help="fraction of each row removed, in (0, 1)")
+    p.add_argument("--feature-norms", type=Path, help="calibration feature norms from 'score' (needed by antidote and "
+                   "antidote-setdiff: the harmful set's; antidote-benign: the benign set's)")
+    p.add_argument("--alpha", type=float, help="fraction of each row removed, in (0, 1) (every defense but safelora)")
     p.add_argument("--seed", type=int, default=0, help="seed of random pruning")
     p.add_argument("--random-scope", choices=MASK_SCOPES, default="tensor",
                    help="random pruning draws alpha of each whole tensor (the authors', default) or of each row")
+    p.add_argument("--spared-feature-norms", type=Path, help="antidote-setdiff: the benign set's feature norms "
+                   "('score --benign-from'); a row's top beta entries by that score are kept")
+    p.add_argument("--beta", type=float, help="antidote-setdiff: the fraction of each row spared, in (0, 1) (default: alpha)")
+    p.add_argument("--select", choices=list(SAFELORA_SELECTIONS), default="count",
+                   help="safelora: project the --value modules of lowest cosine (count), that fraction of the "
+                   "modules (fraction), or every module of cosine at most --value (threshold)")
+    p.add_argument("--value", type=float, default=10, help="safelora: the count, fraction or threshold (default 10; "
+                   "the reference's defaults are count 10 of Llama-2's 96 modules, or threshold 0.5)")
+    p.add_argument("--alignment-adapter", type=Path, help="safelora: the alignment adapter that stage 1 merged "
+                   "(results/align/adapter): V = its scaling * B @ A")
+    p.add_argument("--base-model", type=Path, help="safelora without --alignment-adapter: the base model directory ...")
+    p.add_argument("--aligned-model", type=Path, help="... and the aligned one: V = W_aligned - W_base per module")
     p.add_argument("--out", type=Path, required=True, help="pruned adapter directory")
-    p.add_argument("--mask", type=Path, required=True, help="mask Parquet file")
+    p.add_argument("--mask", type=Path, required=True, help="mask Parquet file (safelora: its per-module cosines)")
 
     p = add("evaluate", cmd_evaluate, "harmful score, benign refusal and fine-tune accuracy of a model (+ optional adapter)")
     p.add_argument("--model", type=Path, required=True); p.add_argument("--adapter", type=Path)

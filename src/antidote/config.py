@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from .benign import benign_pools
-from .paths import MADE_BY_WORKFLOW, PATHS, run_id
+from .paths import MADE_BY_WORKFLOW, PATHS, pruned_name, run_id, safelora_name
 from .prune import DEFENSES
 from .tasks import TASKS
 
@@ -56,11 +56,24 @@ def expand_runs(config: dict) -> dict[str, dict]:
     return runs
 
 
-def defense_alphas(run: dict, prune: dict) -> list[tuple[str, float]]:
-    """(defense, alpha) of every pruned model of a run: each defense at the run's alphas, or at
-    ``prune.alpha_by_defense[defense]`` where given (a curve for one defense, one point for the others)."""
+def pruned_models(run: dict, prune: dict) -> dict[str, dict]:
+    """Every pruned model of a run by name (:func:`pruned_name`, :func:`safelora_name`), with what
+    it stands for: ``defense``, ``alpha`` and SafeLoRA's ``safelora_select`` and ``safelora_value``
+    (None where they mean nothing). A masking defense is pruned at the run's alphas, or at
+    ``prune.alpha_by_defense[defense]`` where given (a curve for one defense, one point for the
+    others); SafeLoRA has no alpha and is run at each setting of ``prune.safelora``."""
     by_defense = prune.get("alpha_by_defense") or {}
-    return [(defense, alpha) for defense in prune["defenses"] for alpha in by_defense.get(defense, run["alphas"])]
+    models = {}
+    for defense in prune["defenses"]:
+        if DEFENSES[defense].masks:
+            for alpha in by_defense.get(defense, run["alphas"]):
+                models[pruned_name(defense, alpha)] = dict(defense=defense, alpha=alpha, safelora_select=None,
+                                                           safelora_value=None)
+        else:
+            for setting in prune["safelora"]:
+                models[safelora_name(setting["select"], setting["value"])] = dict(
+                    defense=defense, alpha=None, safelora_select=setting["select"], safelora_value=setting["value"])
+    return models
 
 
 def local_path(key: str, value: str) -> str:
@@ -154,6 +167,25 @@ def check_names(config: dict) -> None:
                 raise ConfigError(f"{key}: {value!r} is not one of the {what} {list(registry)}")
 
 
+def check_peer_defenses(prune: dict) -> None:
+    """SafeLoRA's settings must fit their selection and name distinct models; SafeLoRA has no alpha to set."""
+    if "safelora" in (prune.get("alpha_by_defense") or {}):
+        raise ConfigError("prune.alpha_by_defense.safelora: SafeLoRA has no alpha; its setting is prune.safelora")
+    ranges = {"count": "a whole number of modules, at least 1", "fraction": "a fraction of the modules in (0, 1]",
+              "threshold": "a cosine in [-1, 1]"}
+    seen = {}
+    for i, setting in enumerate(prune.get("safelora") or []):
+        select, value = setting["select"], setting["value"]
+        fits = {"count": value >= 1 and value == int(value), "fraction": 0 < value <= 1,
+                "threshold": -1 <= value <= 1}[select]
+        if not fits:
+            raise ConfigError(f"prune.safelora[{i}].value: {value} with select {select!r}; expected {ranges[select]}")
+        name = safelora_name(select, value)
+        if name in seen:
+            raise ConfigError(f"prune.safelora[{i}]: {select} {value} is prune.safelora[{seen[name]}] again")
+        seen[name] = i
+
+
 def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = True) -> None:
     """Raise :class:`ConfigError` on the first inconsistent setting (and, with ``require_paths``,
     on the first missing path; the workflow defers those to the start of a real run, so that a
@@ -170,6 +202,8 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
                           for name, alphas in (config["prune"].get(f"alpha_by_{kind}") or {}).items())]:
         if len(set(alphas)) != len(alphas):
             raise ConfigError(f"{key}: {alphas} lists a value twice")
+
+    check_peer_defenses(config["prune"])
 
     runs = expand_runs(config)
     most_harmful = max(round(r["harmful_ratio"] * r["n_samples"]) for r in runs.values())

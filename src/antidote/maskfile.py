@@ -11,6 +11,10 @@ Schema (also in docs/formats.md):
 | bits     | binary | ``numpy.packbits(mask.reshape(-1), bitorder="little")``, row-major; 1 = pruned |
 
 File metadata key ``antidote`` holds JSON: defense, alpha, scope (row or tensor), rounding, seed.
+
+SafeLoRA masks nothing; its projection table (:func:`write_projection`) has one row per module
+(``module``, ``cosine``, ``projected``) and the same metadata key. :func:`read_mask_info` reads
+either file's metadata.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 SCHEMA = pa.schema([("module", pa.string()), ("rows", pa.int32()), ("cols", pa.int32()),
                     ("n_pruned", pa.int64()), ("bits", pa.binary())])
+PROJECTION_SCHEMA = pa.schema([("module", pa.string()), ("cosine", pa.float64()), ("projected", pa.bool_())])
 
 
 def write_masks(path: str | Path, masks: dict[str, torch.Tensor], info: dict) -> None:
@@ -40,8 +45,15 @@ def write_masks(path: str | Path, masks: dict[str, torch.Tensor], info: dict) ->
     pq.write_table(table, path, compression="zstd")
 
 
+def write_projection(path: str | Path, modules: list[dict], info: dict) -> None:
+    """SafeLoRA's record: each module's ``cosine`` (NaN where it has none) and whether it was ``projected``."""
+    table = pa.Table.from_pylist(modules, schema=PROJECTION_SCHEMA.with_metadata({"antidote": json.dumps(info)}))
+    pq.write_table(table, path)
+
+
 def read_mask_info(path: str | Path) -> dict:
-    """The mask file's metadata (defense, alpha, scope, rounding, seed, update_removed), without the bits."""
+    """The metadata of a mask file (defense, alpha, scope, rounding, seed, update_removed; without the
+    bits) or of SafeLoRA's projection table (defense, select, value, update_removed, ...)."""
     return json.loads((pq.read_schema(path).metadata or {}).get(b"antidote", b"{}"))
 
 

@@ -37,10 +37,12 @@ def overlap(masks: dict, other: dict, matrix: str | None = None) -> float:
 def overlap_table(masks: dict[tuple[str, str], dict], pruned: dict[str, dict]) -> pd.DataFrame:
     """One row per run, alpha and pair of defenses: the overlap of their masks, overall and per
     LoRA matrix. ``masks`` maps (run, model name) to masks; ``pruned`` a model name to its
-    defense and alpha."""
+    defense and alpha. The share is of the first defense's entries: antidote-setdiff prunes a
+    subset of Antidote's, so (antidote, antidote-setdiff) is the share of Antidote's entries that
+    the set difference keeps pruning."""
     rows = []
     runs = sorted({run for run, _ in masks})
-    alphas = sorted({spec["alpha"] for spec in pruned.values()})
+    alphas = sorted({pruned[model]["alpha"] for _, model in masks})
     for run, alpha in itertools.product(runs, alphas):
         present = [d for d in DEFENSES if (run, pruned_name(d, alpha)) in masks]
         for first, second in itertools.combinations(present, 2):

@@ -2,7 +2,7 @@
 
 The rules, their input functions, the collector and the config's hub names take their paths
 from here; nothing else spells one out. Wildcards: ``run`` a fine-tuning run (:func:`run_id`),
-``model`` a model's name within its run (``sft`` or :func:`pruned_name`) or, for the
+``model`` a model's name within its run (``sft``, :func:`pruned_name` or :func:`safelora_name`) or, for the
 reference models, ``base`` / ``aligned`` with ``task`` the task they are evaluated on.
 """
 
@@ -26,10 +26,12 @@ PATHS = {
     "finetune_data": "results/data/finetune/{run}.jsonl",
     # stages 1-4
     "aligned_model": "results/align/model",
+    "alignment_adapter": "results/align/adapter",  # the alignment LoRA merged into aligned_model (SafeLoRA's V)
     "adapter": "results/finetune/{run}/adapter",
     "feature_norms": "results/score/{run}/{calibration}/feature_norms.safetensors",  # prune.CALIBRATIONS
     "pruned_adapter": "results/prune/{run}/{model}/adapter",
     "mask": "results/prune/{run}/{model}/mask.parquet",
+    "projection": "results/prune/{run}/{model}/projection.parquet",  # SafeLoRA's in place of a mask
 }
 
 
@@ -72,3 +74,19 @@ def pruned_name(defense: str, alpha: float) -> str:
     """A pruned model's name in paths and tables (antidote-a0.1). Made here only, never parsed:
     what it stands for travels as params and in the metrics and mask files."""
     return f"{defense}-a{number(alpha)}"
+
+
+# SafeLoRA's module selection (prune.safelora[].select) and its letter in pruned-model names
+SAFELORA_SELECTIONS = {"count": "k", "fraction": "f", "threshold": "t"}
+
+
+def safelora_setting(select: str, value) -> str:
+    """SafeLoRA's setting, short: k10 (the 10 modules of lowest cosine), f0.1 (that fraction of
+    the modules), t0.5 (every module of cosine at most 0.5)."""
+    return f"{SAFELORA_SELECTIONS[select]}{number(value)}"
+
+
+def safelora_name(select: str, value) -> str:
+    """A SafeLoRA model's name in paths and tables (safelora-k10): it has no alpha, its setting
+    names it instead. Made here only, never parsed, like :func:`pruned_name`."""
+    return f"safelora-{safelora_setting(select, value)}"

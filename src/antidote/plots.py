@@ -10,8 +10,8 @@ from typing import Iterable
 import pandas as pd
 
 from .prune import DEFENSES
-from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, STATISTICS, axis_statistics,
-                      swept_axes)
+from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, SAFELORA_COLUMNS, STATISTICS,
+                      axis_statistics, defense_labels, safelora_settings, setting_labels, swept_axes)
 
 AXIS_TITLES = {
     "harmful_ratio": "harmful ratio p (fraction of fine-tuning samples)",
@@ -28,14 +28,15 @@ STYLE = {"base": ("tab:gray", "X"), "aligned": ("tab:purple", "*"), "sft": ("bla
          **{defense: (f"C{i}", "s^Dvp<>h"[i % 8]) for i, defense in enumerate(DEFENSES)}}
 
 
-def plotted_axes(axes: Iterable[str]) -> list[str]:
-    """Alpha always (it is Antidote's one setting), then every other swept axis."""
-    return ["alpha", *(axis for axis in AXES if axis in axes and axis != "alpha")]
+def plotted_axes(axes: Iterable[str], masked: bool = True) -> list[str]:
+    """Alpha always (it is Antidote's one setting) unless no model is ``masked`` (SafeLoRA alone
+    has no alpha), then every other swept axis."""
+    return [*(["alpha"] if masked else []), *(axis for axis in AXES if axis in axes and axis != "alpha")]
 
 
-def plot_names(axes: Iterable[str]) -> list[str]:
+def plot_names(axes: Iterable[str], masked: bool = True) -> list[str]:
     """The trade-off scatter, HS and FA against the update removed, then one plot per plotted axis."""
-    return ["tradeoff", "by_update_removed", *(f"by_{axis}" for axis in plotted_axes(axes))]
+    return ["tradeoff", "by_update_removed", *(f"by_{axis}" for axis in plotted_axes(axes, masked))]
 
 
 def _panels(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -65,20 +66,28 @@ def save_figure(figure, path: str | Path) -> None:
 
 
 def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> None:
-    """HS against FA, one point per fine-tuning run and alpha, base and aligned as reference
-    markers: a good defense sits low (safe) and to the right (still accurate)."""
+    """HS against FA, one point per fine-tuning run and alpha (or SafeLoRA setting), base and
+    aligned as reference markers: a good defense sits low (safe) and to the right (still accurate)."""
     panels = _panels(summary)
     figure, axes = new_figure(len(panels), 1)
     several_alphas = summary["alpha"].nunique() > 1
+    several_settings = setting_labels(summary).nunique() > 1
     for ax, (key, rows) in zip(axes[:, 0], panels):
+        settings = setting_labels(rows)
         for model in [m for m in MODEL_ORDER if m in set(rows["model"])]:
             points = rows[rows["model"] == model]
             color, marker = STYLE[model]
             ax.scatter(points["finetune_accuracy"], points["harmful_score"], color=color, marker=marker,
                        s=160 if model in REFERENCE_MODELS else 50, alpha=0.8, label=model)
-            for alpha, x, y in zip(points["alpha"], points["finetune_accuracy"], points["harmful_score"]):
+            for alpha, setting, x, y in zip(points["alpha"], settings[points.index], points["finetune_accuracy"],
+                                            points["harmful_score"]):
                 if several_alphas and pd.notna(alpha):
-                    ax.annotate(f"α={alpha:g}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+                    text = f"α={alpha:g}"
+                elif several_settings and pd.notna(setting):
+                    text = setting
+                else:
+                    continue
+                ax.annotate(text, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
         ax.set(xlabel=METRIC_TITLES["FA"], ylabel=METRIC_TITLES["HS"], title=_panel_title(key),
                xlim=PERCENT_LIMITS, ylim=PERCENT_LIMITS)
         ax.legend(fontsize=8)
@@ -93,8 +102,10 @@ def _line_label(keys: list[str], values: tuple) -> str:
 
 def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
     """HS, BR and FA (mean over seeds, std as error bars) against one axis, a line per defense and
-    setting of the other swept axes. Against alpha, sft (not pruned) is a dashed horizontal line."""
+    setting of the other swept axes. Against alpha, sft (not pruned) is a dashed horizontal line,
+    each SafeLoRA setting (no alpha) a dotted one."""
     stats = axis_statistics(summary, axis)
+    alpha_free = set(defense_labels(summary[summary["alpha"].isna()], fold_alpha=False))
     panels = _panels(stats)
     figure, axes = new_figure(len(panels), len(METRIC_TITLES))
     line_keys = [c for c in stats.columns if c not in (*PROVENANCE, axis, "runs", *STATISTICS)]
@@ -105,6 +116,8 @@ def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
                 mean, std = line[f"{metric} mean"], line[f"{metric} std"].fillna(0)
                 if axis == "alpha" and values[0] == "sft":
                     ax.axhline(mean.iloc[0], color="black", linestyle="--", label=f"{label} (not pruned)")
+                elif axis == "alpha" and values[0] in alpha_free:
+                    ax.axhline(mean.iloc[0], linestyle=":", label=f"{label} (no alpha)")
                 else:
                     ax.errorbar(line[axis].astype(float), mean, yerr=std, marker="o", capsize=3, label=label,
                                 color="black" if values[0] == "sft" else None)
@@ -121,15 +134,17 @@ def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
 
 def plot_against_removed(summary: pd.DataFrame, path: str | Path) -> None:
     """HS, BR and FA (mean over seeds) against the share of the adapter's update that pruning
-    removed, a line per defense through its alphas, sft at 0 and the aligned model as a dashed
-    reference: defenses compared at an equal intervention rather than at an equal alpha."""
+    removed, a line per defense through its alphas (SafeLoRA: its settings), sft at 0 and the
+    aligned model as a dashed reference: defenses compared at an equal intervention rather than
+    at an equal alpha."""
     columns = dict(zip(METRIC_TITLES, ["harmful_score", "benign_refusal", "finetune_accuracy"]))
-    keys = [*PROVENANCE, "model", "alpha", *(a for a in swept_axes(summary) if a != "alpha")]
+    keys = [*PROVENANCE, "model", "alpha", *SAFELORA_COLUMNS, *(a for a in swept_axes(summary) if a != "alpha")]
     rows = summary[summary["model"].isin(["aligned", "sft", *DEFENSES])]
+    rows = rows.assign(**safelora_settings(rows))
     means = rows.groupby(keys, dropna=False, observed=True)[[*columns.values(), "update_removed"]].mean().reset_index()
     panels = _panels(means)
     figure, axes = new_figure(len(panels), len(columns))
-    others = [k for k in keys if k not in (*PROVENANCE, "model", "alpha")]
+    others = [k for k in keys if k not in (*PROVENANCE, "model", "alpha", *SAFELORA_COLUMNS)]
     for row, (key, panel) in zip(axes, panels):
         sft = panel[panel["model"] == "sft"]
         for ax, (metric, column) in zip(row, columns.items()):
@@ -138,20 +153,22 @@ def plot_against_removed(summary: pd.DataFrame, path: str | Path) -> None:
             ax.scatter(sft["update_removed"], sft[column], color="black", marker="o", label="sft (not pruned)")
             for (model, *settings), line in panel[panel["model"].isin(DEFENSES)].groupby(["model", *others],
                                                                                          sort=False):
-                line = line.sort_values("alpha")
+                line = line.sort_values(["alpha", *SAFELORA_COLUMNS])
                 ax.plot(line["update_removed"], line[column], color=STYLE[model][0], marker=STYLE[model][1],
                         label=_line_label(["model", *others], (model, *settings)))
+            # SafeLoRA's C is no projector: it can remove more than the whole update
+            right = max(PERCENT_LIMITS[1], panel["update_removed"].max() + 3)
             ax.set(xlabel="update removed (% of ||ΔW||²)", ylabel=METRIC_TITLES[metric], title=_panel_title(key),
-                   xlim=PERCENT_LIMITS, ylim=PERCENT_LIMITS)
+                   xlim=(PERCENT_LIMITS[0], right), ylim=PERCENT_LIMITS)
         row[0].legend(fontsize=8)
     save_figure(figure, path)
 
 
 def write_plots(summary: pd.DataFrame, folder: str | Path) -> list[Path]:
     """The plots plot_names lists: tradeoff.png, by_update_removed.png, by_<axis>.png."""
-    folder, axes = Path(folder), swept_axes(summary)
+    folder, axes, masked = Path(folder), swept_axes(summary), summary["alpha"].notna().any()
     plot_tradeoff(summary, folder / "tradeoff.png")
     plot_against_removed(summary, folder / "by_update_removed.png")
-    for axis in plotted_axes(axes):
+    for axis in plotted_axes(axes, masked):
         plot_against(summary, axis, folder / f"by_{axis}.png")
-    return [folder / f"{name}.png" for name in plot_names(axes)]
+    return [folder / f"{name}.png" for name in plot_names(axes, masked)]

@@ -2,9 +2,10 @@
 
 Antidote keeps the Wanda score but removes the LARGEST-scoring weights: on harmful
 calibration data these are the weights that carry the harmful behaviour. Random and
-magnitude pruning are the authors' ablations at the same alpha. Every defense is a score
-function with the same signature, registered in ``DEFENSES``: the workflow, the CLI, the
-config checks, the tables and the plots all read their names from there.
+magnitude pruning are the authors' ablations at the same alpha. Every masking defense is a
+score function with the same signature, registered in ``DEFENSES`` beside SafeLoRA (a peer
+defense that projects instead of masking: :mod:`antidote.safelora`): the workflow, the CLI,
+the config checks, the tables and the plots all read their names from there.
 """
 
 from __future__ import annotations
@@ -41,13 +42,25 @@ CALIBRATIONS = ("harmful", "benign")
 
 @dataclass(frozen=True)
 class Defense:
-    score: Callable[..., torch.Tensor]
+    score: Callable[..., torch.Tensor] | None  # None: the defense masks nothing (SafeLoRA projects)
     calibration: str | None  # whose feature norms (stage 3) it reads: one of CALIBRATIONS, or None
     summary: str
+    # antidote-setdiff: whose feature norms rank the entries it spares (a row's top beta by the same score)
+    spared: str | None = None
+
+    @property
+    def masks(self) -> bool:
+        """Whether the defense is set by alpha and writes a mask (all but SafeLoRA)."""
+        return self.score is not None
 
     @property
     def needs_feature_norms(self) -> bool:
         return self.calibration is not None
+
+    @property
+    def calibrations(self) -> tuple[str, ...]:
+        """Every calibration set whose feature norms it reads."""
+        return tuple(c for c in (self.calibration, self.spared) if c)
 
 
 # The defenses, in the order tables and plots list them.
@@ -57,9 +70,16 @@ DEFENSES = {
     "antidote-benign": Defense(antidote_score, "benign",
                                "the same score and selection on benign task data (a control: what does the "
                                "harmful data add?)"),
+    "antidote-setdiff": Defense(antidote_score, "harmful",
+                                "Antidote's top alpha per row, less the row's top beta by the same score on the "
+                                "benign data (after Wei et al. 2024: weights that harmful data finds and benign "
+                                "data does not)", spared="benign"),
     "random": Defense(random_score, None,
                       "seeded random entries, alpha of each whole tensor (the authors' ablation; or per row)"),
     "magnitude": Defense(magnitude_score, None, "largest |W|, alpha per row, no data (the authors' ablation)"),
+    "safelora": Defense(None, None,
+                        "SafeLoRA (Hsu et al. 2024), data-free: lora_B projected onto the alignment update in "
+                        "the modules whose update points furthest from it (prune.safelora, no alpha)"),
 }
 
 
@@ -98,29 +118,43 @@ def mask_scope(defense: str, random_scope: str = "tensor") -> str:
     return random_scope if defense == "random" else "row"
 
 
+def _feature_norm(feature_norms: dict[str, torch.Tensor] | None, name: str, weight: torch.Tensor) -> torch.Tensor:
+    if feature_norms is None or name not in feature_norms:
+        raise KeyError(f"no calibration feature norms for {name}")
+    norm = feature_norms[name]
+    if norm.shape != (weight.shape[1],):
+        raise ValueError(f"feature norms of {name} have shape {tuple(norm.shape)}, expected ({weight.shape[1]},)")
+    return norm
+
+
 def compute_masks(weights: dict[str, torch.Tensor], feature_norms: dict[str, torch.Tensor] | None,
-                  defense: str, alpha: float, seed: int = 0, random_scope: str = "tensor") -> dict[str, torch.Tensor]:
+                  defense: str, alpha: float, seed: int = 0, random_scope: str = "tensor", *,
+                  spared_norms: dict[str, torch.Tensor] | None = None,
+                  beta: float | None = None) -> dict[str, torch.Tensor]:
     """A mask for every weight matrix, picked per row or per tensor as :func:`mask_scope` says;
-    ``feature_norms`` is needed by data-aware defenses only."""
+    ``feature_norms`` (those of the defense's calibration set) are needed by data-aware defenses
+    only. antidote-setdiff also reads ``spared_norms`` (the benign set's) and ``beta`` (default:
+    alpha, as Wei et al.'s p = q)."""
     if defense not in DEFENSES:
         raise ValueError(f"unknown defense {defense!r}; expected one of {list(DEFENSES)}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     spec = DEFENSES[defense]
+    if not spec.masks:
+        raise ValueError(f"{defense} masks nothing: it projects the adapter (antidote.safelora)")
+    beta = alpha if beta is None else beta
+    for key, value in [("alpha", alpha), *([("beta", beta)] if spec.spared else [])]:
+        if not 0 < value < 1:
+            raise ValueError(f"{key} must lie in (0, 1), got {value}")
     select = {"row": top_fraction_mask, "tensor": whole_tensor_mask}[mask_scope(defense, random_scope)]
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for name in sorted(weights):
         weight = weights[name].float().cpu()
-        norm = None
-        if spec.needs_feature_norms:
-            if feature_norms is None or name not in feature_norms:
-                raise KeyError(f"no calibration feature norms for {name}")
-            norm = feature_norms[name]
-            if norm.shape != (weight.shape[1],):
-                raise ValueError(f"feature norms of {name} have shape {tuple(norm.shape)}, "
-                                 f"expected ({weight.shape[1]},)")
+        norm = _feature_norm(feature_norms, name, weight) if spec.needs_feature_norms else None
         masks[name] = select(spec.score(weight, norm, generator), alpha)
+        if spec.spared:
+            # spared: the row's entries that the benign data ranks in its own top beta, so that only
+            # what the harmful data finds and the benign data does not is removed
+            masks[name] &= ~top_fraction_mask(spec.score(weight, _feature_norm(spared_norms, name, weight)), beta)
     return masks
 
 
@@ -132,15 +166,15 @@ def apply_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
 
 def mask_agreement(masks: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> float:
     """The share of the entries selected in ``masks`` that ``other`` selects too (1.0: the same
-    masks). Masks of one alpha select as many entries each, so the measure is then symmetric."""
+    masks). Masks of one alpha select as many entries each, so the measure is then symmetric
+    (antidote-setdiff's excepted: it selects a subset of Antidote's)."""
     selected = sum(int(m.sum()) for m in masks.values())
     common = sum(int((m & other[name]).sum()) for name, m in masks.items())
     return common / selected if selected else 1.0
 
 
-
 def update_removed(weights: dict[str, torch.Tensor], pruned: dict[str, torch.Tensor]) -> float:
-    """The percentage of the adapter's weight update that pruning removed:
+    """The percentage of the adapter's weight update that pruning (or SafeLoRA's projection) removed:
     100 * sum over modules of ||dW - dW'||_F^2 / sum of ||dW||_F^2, with dW = B @ A from ``weights``
     and dW' from ``pruned`` (PEFT adapter tensors ``...lora_A.weight`` / ``...lora_B.weight``).
     LoRA's scaling multiplies every module's dW alike, so it cancels from the share."""

@@ -8,13 +8,16 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from .paths import pruned_name
+from .paths import pruned_name, safelora_name, safelora_setting
 from .prune import DEFENSES
 
 REFERENCE_MODELS = ["base", "aligned"]  # the models every run is compared with
 # Rows read from the unaligned base, through the undefended fine-tune, to the defenses in registry order.
 MODEL_ORDER = [*REFERENCE_MODELS, "sft", *DEFENSES]
-COLUMNS = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
+# SafeLoRA's setting (prune.safelora): how it picks the modules it projects, and the count, fraction
+# or threshold; empty for every other model (SafeLoRA has no alpha)
+SAFELORA_COLUMNS = ["safelora_select", "safelora_value"]
+COLUMNS = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", *SAFELORA_COLUMNS, "seed",
            "judge", "harmful_set", "harmful_score", "benign_refusal", "finetune_accuracy", "update_removed",
            "n_test_prompts", "n_benign_prompts", "n_task_items", "task_data"]
 # The settings a table or plot can be drawn against (the seed is averaged over instead).
@@ -54,13 +57,14 @@ def collect_summary(metric_files: list[str | Path], parquet: str | Path, csv: st
     table = table.reindex(columns=COLUMNS + extra)  # metrics written before a column existed leave it empty
     table = (table.assign(_rank=model_rank(table["model"]))
              .sort_values(["task", "judge", "harmful_set", "harmful_ratio", "learning_rate", "epochs", "n_samples",
-                           "seed", "_rank", "alpha"], na_position="first", kind="stable")
+                           "seed", "_rank", "alpha", *SAFELORA_COLUMNS], na_position="first", kind="stable")
              .drop(columns="_rank").reset_index(drop=True))
     table.to_parquet(parquet, index=False)
     table.to_csv(csv, index=False)
-    shown = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", "seed",
-             "judge", "harmful_set", "harmful_score", "benign_refusal", "finetune_accuracy", "update_removed",
+    shown = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", *SAFELORA_COLUMNS,
+             "seed", "judge", "harmful_set", "harmful_score", "benign_refusal", "finetune_accuracy", "update_removed",
              "n_test_prompts", "task_data"]
+    shown = [c for c in shown if c not in SAFELORA_COLUMNS or table[c].notna().any()]  # only with SafeLoRA rows
     Path(markdown).write_text(markdown_table(single_set_hidden(table[shown], table)))
     return table
 
@@ -91,14 +95,29 @@ def table_names(axes: Iterable[str]) -> list[str]:
     return ["main", *(f"by_{axis}" for axis in axes)]
 
 
+def safelora_settings(rows: pd.DataFrame) -> pd.DataFrame:
+    """The SafeLoRA columns of ``rows`` (empty where a table made before them lacks them)."""
+    return rows.reindex(columns=SAFELORA_COLUMNS)
+
+
+def setting_labels(rows: pd.DataFrame) -> pd.Series:
+    """SafeLoRA's setting, short (k10), in its rows; empty in the others."""
+    settings = safelora_settings(rows)
+    return pd.Series([safelora_setting(s, v) if pd.notna(s) else None
+                      for s, v in zip(settings["safelora_select"], settings["safelora_value"])], index=rows.index)
+
+
 def defense_labels(rows: pd.DataFrame, fold_alpha: bool) -> pd.Categorical:
     """The model name, with alpha folded in (antidote-a0.1, the workflow's :func:`pruned_name`) so
-    that pruned rows of different alphas stay apart; ordered base, aligned, sft, then each defense
-    by alpha, so that every table and legend lists them the same way."""
-    labels = pd.Series([pruned_name(m, a) if fold_alpha and pd.notna(a) else m
-                        for m, a in zip(rows["model"], rows["alpha"])], index=rows.index)
-    order = (pd.DataFrame({"label": labels, "rank": model_rank(rows["model"]), "alpha": rows["alpha"]})
-             .sort_values(["rank", "alpha"])["label"].unique())
+    that pruned rows of different alphas stay apart, and SafeLoRA's setting always (safelora-k10,
+    :func:`safelora_name`: it has no alpha); ordered base, aligned, sft, then each defense by its
+    setting, so that every table and legend lists them the same way."""
+    settings = safelora_settings(rows)
+    labels = pd.Series([safelora_name(s, v) if pd.notna(s) else pruned_name(m, a) if fold_alpha and pd.notna(a) else m
+                        for m, a, s, v in zip(rows["model"], rows["alpha"], settings["safelora_select"],
+                                              settings["safelora_value"])], index=rows.index)
+    order = (pd.DataFrame({"label": labels, "rank": model_rank(rows["model"]), "alpha": rows["alpha"], **settings})
+             .sort_values(["rank", "alpha", *SAFELORA_COLUMNS])["label"].unique())
     return pd.Categorical(labels, categories=order, ordered=True)
 
 
@@ -124,11 +143,13 @@ def main_table(summary: pd.DataFrame) -> pd.DataFrame:
     return seed_statistics(rows, [*PROVENANCE, "defense", *AXES])
 
 
-def _sft_at_every_alpha(rows: pd.DataFrame) -> pd.DataFrame:
-    """sft is the unpruned model: its numbers stand under every alpha, as each column's reference."""
+def _alpha_free_at_every_alpha(rows: pd.DataFrame) -> pd.DataFrame:
+    """sft (not pruned) and SafeLoRA (no alpha) have no alpha: their numbers stand under every
+    alpha, as each column's reference."""
     alphas = pd.DataFrame({"alpha": sorted(rows["alpha"].dropna().unique())})
-    sft = rows[rows["model"] == "sft"].drop(columns="alpha").merge(alphas, how="cross")
-    return pd.concat([rows[rows["model"] != "sft"], sft], ignore_index=True)
+    free = rows["alpha"].isna()
+    spread = rows[free].drop(columns="alpha").merge(alphas, how="cross")
+    return pd.concat([rows[~free], spread], ignore_index=True)
 
 
 def axis_statistics(summary: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -137,7 +158,7 @@ def axis_statistics(summary: pd.DataFrame, axis: str) -> pd.DataFrame:
     into the defense unless it is the axis."""
     rows = summary[summary["model"].isin(["sft", *DEFENSES])]
     if axis == "alpha":
-        rows = _sft_at_every_alpha(rows)
+        rows = _alpha_free_at_every_alpha(rows)
     fold_alpha = axis != "alpha" and rows["alpha"].nunique() > 1
     rows = rows.assign(defense=defense_labels(rows, fold_alpha))
     others = [a for a in swept_axes(rows) if a not in (axis, "alpha")]

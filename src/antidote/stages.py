@@ -15,10 +15,11 @@ from . import data
 from .benign import benign_splits
 from .calibrate import calibration_batches, collect_feature_norms, lora_matrices
 from .generate import greedy_generate
-from .maskfile import write_masks
+from .maskfile import write_masks, write_projection
 from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
 from .records import read_jsonl, write_jsonl
-from .prune import ROUNDING, apply_masks, compute_masks, mask_scope, update_removed
+from .prune import DEFENSES, ROUNDING, apply_masks, compute_masks, mask_scope, update_removed
+from .safelora import alignment_from_adapter, alignment_from_models, safelora
 from .tasks import TASKS
 from .quantization import check_quantization, load_base_for_training
 from .train import LoraSettings, TrainSettings, train_lora
@@ -124,12 +125,14 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
 
 
 def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: dict, training: dict,
-                prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto") -> None:
+                prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto",
+                adapter_dir: Path | None = None) -> None:
     """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter).
 
     Stage 1 merges its adapter into the base's fp32 weights (:func:`merged_in_fp32`) and saves
     the result in fp32: cast to bf16 here, a small alignment update would be rounded away before
     any later stage used it; each later stage rounds it once, to its own dtype, on loading.
+    With ``adapter_dir`` it also keeps the adapter it merged there (SafeLoRA's alignment update).
     """
     settings = TrainSettings(**training)
     check_quantization(settings.quantization, device)  # before the tokenizer or any model is loaded
@@ -140,10 +143,11 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings,
                             prompt_format, log_path=out_dir / "train_log.jsonl")
     if merge:
-        with tempfile.TemporaryDirectory() as adapter_dir:
-            peft_model.save_pretrained(adapter_dir)
+        with tempfile.TemporaryDirectory() as scratch:
+            kept = adapter_dir or Path(scratch)
+            peft_model.save_pretrained(kept)
             del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
-            merged_in_fp32(model_dir, adapter_dir).save_pretrained(out_dir)
+            merged_in_fp32(model_dir, kept).save_pretrained(out_dir)
     else:
         peft_model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -186,23 +190,59 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
 
 
 def prune_stage(adapter_dir: Path, feature_norms_file: Path | None, defense: str, alpha: float, seed: int,
-                out_adapter: Path, out_mask: Path, random_scope: str = "tensor") -> dict:
+                out_adapter: Path, out_mask: Path, random_scope: str = "tensor",
+                spared_norms_file: Path | None = None, beta: float | None = None) -> dict:
     """Stage 4: masks from the adapter's weights (and, for a data-aware defense, the calibration
     feature norms of stage 3), a pruned PEFT adapter beside them. ``random_scope`` (``tensor``
-    or ``row``) says where random pruning draws its entries."""
+    or ``row``) says where random pruning draws its entries; antidote-setdiff also reads the
+    benign feature norms (``spared_norms_file``) and ``beta`` (default: alpha)."""
     weights = load_file(adapter_dir / ADAPTER_WEIGHTS)
     feature_norms = load_file(feature_norms_file) if feature_norms_file else None
-    masks = compute_masks(weights, feature_norms, defense, alpha, seed, random_scope)
+    spared_norms = load_file(spared_norms_file) if spared_norms_file else None
+    masks = compute_masks(weights, feature_norms, defense, alpha, seed, random_scope,
+                          spared_norms=spared_norms, beta=beta)
     pruned_weights = apply_masks(weights, masks)
-    out_adapter.mkdir(parents=True, exist_ok=True)
-    save_file(pruned_weights, out_adapter / ADAPTER_WEIGHTS)
-    shutil.copy(adapter_dir / "adapter_config.json", out_adapter / "adapter_config.json")
     info = {"defense": defense, "alpha": alpha, "scope": mask_scope(defense, random_scope), "rounding": ROUNDING,
             "seed": seed, "update_removed": update_removed(weights, pruned_weights)}
+    if DEFENSES[defense].spared:
+        info["beta"] = alpha if beta is None else beta
+    _save_adapter(adapter_dir, pruned_weights, out_adapter)
     write_masks(out_mask, masks, info)
     pruned = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     return {**info, "pruned": pruned, "total": total, "matrices": len(masks)}
+
+
+def safelora_stage(adapter_dir: Path, select: str, value: float, out_adapter: Path, out_projection: Path,
+                   alignment_adapter: Path | None = None, base_model: Path | None = None,
+                   aligned_model: Path | None = None) -> dict:
+    """Stage 4, SafeLoRA (:mod:`antidote.safelora`): the adapter with lora_B projected in the
+    selected modules, and the per-module cosines (Parquet). The alignment update V comes from
+    stage 1's ``alignment_adapter`` (low rank), or, for an aligned model brought without its
+    adapter, from ``base_model`` and ``aligned_model`` (V = W_aligned - W_base per module)."""
+    weights = load_file(adapter_dir / ADAPTER_WEIGHTS)
+    if alignment_adapter is not None:
+        config = json.loads((alignment_adapter / "adapter_config.json").read_text())
+        alignment = alignment_from_adapter(load_file(alignment_adapter / ADAPTER_WEIGHTS), config)
+    elif base_model is not None and aligned_model is not None:
+        alignment = alignment_from_models(base_model, aligned_model)
+    else:
+        raise ValueError("SafeLoRA needs the alignment update: the alignment adapter, or the base and the "
+                         "aligned model directories")
+    defended, modules = safelora(weights, alignment, select, value)
+    info = {"defense": "safelora", "select": select, "value": value,
+            "projected": sum(m["projected"] for m in modules), "modules": len(modules),
+            "update_removed": update_removed(weights, defended)}
+    _save_adapter(adapter_dir, defended, out_adapter)
+    write_projection(out_projection, modules, info)
+    return info
+
+
+def _save_adapter(adapter_dir: Path, weights: dict, out_adapter: Path) -> None:
+    """The defended weights as a PEFT adapter with the original's config."""
+    out_adapter.mkdir(parents=True, exist_ok=True)
+    save_file(weights, out_adapter / ADAPTER_WEIGHTS)
+    shutil.copy(adapter_dir / "adapter_config.json", out_adapter / "adapter_config.json")
 
 
 def _prompt_sets(harmful_sets: list[dict]) -> dict[str, list[dict]]:

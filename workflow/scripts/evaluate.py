@@ -7,7 +7,8 @@ from antidote.stages import evaluate_stage
 device = start_script(snakemake)
 p, i = snakemake.params, snakemake.input
 adapter = Path(i.adapter) if "adapter" in i.keys() else None
-row = dict(p.row, update_removed=read_mask_info(i.mask)["update_removed"]) if "mask" in i.keys() else p.row
+# a pruned model's record: its mask, or SafeLoRA's projection table
+row = dict(p.row, update_removed=read_mask_info(i.record)["update_removed"]) if "record" in i.keys() else p.row
 table = evaluate_stage(Path(i.model), adapter, p.harmful_sets, Path(i.task), row["task"], p.judges,
                        p.prompt_format, p.generation, row, Path(snakemake.output.answers),
                        Path(snakemake.output.metrics), device=device, dtype=p.dtype, benign=p.benign)

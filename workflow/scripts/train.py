@@ -6,5 +6,7 @@ from antidote.stages import train_stage
 
 device = start_script(snakemake)
 p = snakemake.params
-train_stage(Path(snakemake.input.model), [Path(f) for f in snakemake.input.data], Path(snakemake.output[0]),
-            p.lora, p.train, p.prompt_format, merge=p.merge, device=device, dtype=p.dtype)
+out = snakemake.output
+adapter = Path(out.adapter) if "adapter" in out.keys() else None  # align keeps the adapter it merges
+train_stage(Path(snakemake.input.model), [Path(f) for f in snakemake.input.data], Path(out[0]),
+            p.lora, p.train, p.prompt_format, merge=p.merge, device=device, dtype=p.dtype, adapter_dir=adapter)
