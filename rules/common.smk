@@ -131,7 +131,8 @@ def get_split_inputs(wildcards):
 def get_split_settings(wildcards):
     """What the splits depend on (so that other data keys, task sizes included, do not re-cut them)."""
     data = config["data"]
-    keys = ["source", "seed", "test_prompts"] + (["beavertails"] if data["source"] == "beavertails" else [])
+    keys = ["source", "seed", "test_prompts"] + (["beavertails"] if data["source"] == "beavertails" else
+                                                 ["donotanswer_areas"])
     return {"sizes": {split: data["sizes"][split] for split in SPLIT_NAMES}, **{k: data[k] for k in keys if k in data}}
 
 

@@ -7,7 +7,7 @@ from antidote.records import read_jsonl, read_table
 from antidote.stages import build_splits, build_task_data
 from antidote.tasks import as_training, sst2_standin
 
-from tiny_assets import SIZES, write_tiny_beavertails, write_tiny_sources
+from tiny_assets import BENIGN_AREA_PROMPT, SIZES, write_tiny_beavertails, write_tiny_sources
 
 PROMPT_SPLITS = [n for n in SIZES if not n.startswith("task_")]
 
@@ -47,6 +47,16 @@ def test_user_test_prompts_replace_the_test_split_and_leave_the_other_splits(tmp
     with pytest.raises(ValueError, match=r"data.test_prompts: data.sizes.harmful_test is 5 but the file holds 3"):
         build_splits(sources, {"source": "advbench", "sizes": dict(SIZES, harmful_test=5), "seed": 7,
                                "test_prompts": {}}, tmp_path / "b")
+
+
+def test_alignment_refuses_only_the_chosen_do_not_answer_areas(tmp_path):
+    _, donotanswer = write_tiny_sources(tmp_path)
+    default = data.load_donotanswer(donotanswer)
+    assert len(default) == 3 * 8 and BENIGN_AREA_PROMPT not in default  # human_chatbox left out
+    assert BENIGN_AREA_PROMPT in data.load_donotanswer(donotanswer, ["human_chatbox"])
+    with pytest.raises(FileNotFoundError, match=r"data.donotanswer_areas: no misinformation_harms.jsonl in .*"
+                                                r"\(its areas: \['discrimination"):
+        data.load_donotanswer(donotanswer, ["malicious_uses", "misinformation_harms"])
 
 
 def test_benign_test_is_held_out_of_alignment_benign_by_template():

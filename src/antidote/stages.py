@@ -43,7 +43,9 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
         test_prompts = data.load_prompts(sources["test_prompts"], settings["test_prompts"].get("field", "prompt"))
     if settings["source"] == "advbench":
         order = "seeded"
-        splits = data.advbench_splits(data.load_advbench(sources["advbench"]), data.load_donotanswer(sources["donotanswer"]),
+        refusal_prompts = data.load_donotanswer(sources["donotanswer"],
+                                                settings.get("donotanswer_areas", data.REFUSAL_AREAS))
+        splits = data.advbench_splits(data.load_advbench(sources["advbench"]), refusal_prompts,
                                       sizes, seed, test_prompts)
     else:
         order = settings["beavertails"].get("order", "seeded")
