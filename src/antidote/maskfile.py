@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .atomic import atomic_path
+
 SCHEMA = pa.schema([("module", pa.string()), ("rows", pa.int32()), ("cols", pa.int32()),
                     ("n_pruned", pa.int64()), ("bits", pa.binary())])
 
@@ -37,7 +39,8 @@ def write_masks(path: str | Path, masks: dict[str, torch.Tensor], info: dict) ->
         "n_pruned": [int(a.sum()) for a in arrays],
         "bits": [np.packbits(a.reshape(-1), bitorder="little").tobytes() for a in arrays],
     }, schema=SCHEMA.with_metadata({"antidote": json.dumps(info)}))
-    pq.write_table(table, path, compression="zstd")
+    with atomic_path(path) as temp:
+        pq.write_table(table, temp, compression="zstd")
 
 
 def read_mask_info(path: str | Path) -> dict:
