@@ -30,6 +30,10 @@ PATHS = {
     "feature_norms": "results/score/{run}/{calibration}/feature_norms.safetensors",  # prune.CALIBRATIONS
     "pruned_adapter": "results/prune/{run}/{model}/adapter",
     "mask": "results/prune/{run}/{model}/mask.parquet",
+    # training checkpoints of stages 1 and 2 (not outputs: Snakemake keeps them when a job fails,
+    # so that its rerun resumes; a finished training removes its own)
+    "align_checkpoints": "checkpoints/align",
+    "finetune_checkpoints": "checkpoints/finetune/{run}",
 }
 
 

@@ -6,5 +6,8 @@ from antidote.stages import train_stage
 
 device = start_script(snakemake)
 p = snakemake.params
+# not a param of the rule: how often to save changes no result, so it must not rerun the job
+checkpoint_every = snakemake.config[snakemake.rule]["train"]["checkpoint_every"]
 train_stage(Path(snakemake.input.model), [Path(f) for f in snakemake.input.data], Path(snakemake.output[0]),
-            p.lora, p.train, p.prompt_format, merge=p.merge, device=device, dtype=p.dtype)
+            p.lora, p.train, p.prompt_format, merge=p.merge, device=device, dtype=p.dtype,
+            checkpoint_dir=Path(p.checkpoints), checkpoint_every=checkpoint_every)
