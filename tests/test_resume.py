@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from antidote.train import CHECKPOINT_SIGNAL
+from antidote.checkpoint import CHECKPOINT_SIGNAL
 from conftest import write_jsonl
 from test_workflow import make_tiny_project, overlay, snakemake
 

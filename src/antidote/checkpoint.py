@@ -10,10 +10,13 @@ model or training code is never resumed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import signal
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +24,10 @@ import torch
 from .atomic import atomic_path, remove_stale
 
 FILE = "checkpoint.pt"
+# SLURM sends this shortly before a job's time limit (sbatch --signal, slurm/config.yaml); a checkpoint
+# follows at the next step boundary. Not SIGUSR1: SLURM signals every process of the job step, the
+# Snakemake process that runs the script included, and SIGUSR1 would end them; SIGURG they ignore.
+CHECKPOINT_SIGNAL = signal.SIGURG
 
 
 @dataclass
@@ -28,9 +35,23 @@ class Checkpoints:
     folder: Path
     fingerprint: str
     every: int = 100  # steps between checkpoints; one is also written at each epoch's end
+    requested: list = field(default_factory=list)  # CHECKPOINT_SIGNALs not yet answered by a checkpoint
 
     def __post_init__(self):
         self.folder = Path(self.folder)
+
+    @contextlib.contextmanager
+    def on_signal(self):
+        """While the block runs, :data:`CHECKPOINT_SIGNAL` asks for a checkpoint (in the main
+        thread only, the one Python delivers signals to)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(CHECKPOINT_SIGNAL, lambda signum, frame: self.requested.append(signum))
+        try:
+            yield
+        finally:
+            signal.signal(CHECKPOINT_SIGNAL, previous)
 
     @property
     def file(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -155,19 +156,21 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
         settings_used = [asdict(LoraSettings(**lora)), asdict(settings), prompt_format, dtype]
         checkpoints = Checkpoints(checkpoint_dir, fingerprint(settings_used, records, model_dir=model_dir),
                                   checkpoint_every)
-    model = load_base_for_training(model_dir, settings.quantization, device=device, dtype=dtype)
-    with atomic_path(out_dir) as temp:
-        temp.mkdir()
-        peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings, prompt_format,
-                                log_path=temp / "train_log.jsonl", checkpoints=checkpoints)
-        if merge:
-            with tempfile.TemporaryDirectory() as adapter_dir:
-                peft_model.save_pretrained(adapter_dir)
-                del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
-                merged_in_fp32(model_dir, adapter_dir).save_pretrained(temp)
-        else:
-            peft_model.save_pretrained(temp)
-        tokenizer.save_pretrained(temp)
+    # the signal that asks for a checkpoint may come while a large model is still loading
+    with checkpoints.on_signal() if checkpoints else contextlib.nullcontext():
+        model = load_base_for_training(model_dir, settings.quantization, device=device, dtype=dtype)
+        with atomic_path(out_dir) as temp:
+            temp.mkdir()
+            peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings, prompt_format,
+                                    log_path=temp / "train_log.jsonl", checkpoints=checkpoints)
+            if merge:
+                with tempfile.TemporaryDirectory() as adapter_dir:
+                    peft_model.save_pretrained(adapter_dir)
+                    del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
+                    merged_in_fp32(model_dir, adapter_dir).save_pretrained(temp)
+            else:
+                peft_model.save_pretrained(temp)
+            tokenizer.save_pretrained(temp)
     if checkpoints:
         checkpoints.remove()
 

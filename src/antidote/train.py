@@ -14,14 +14,12 @@ ends with the same adapter, to the bit, as a run never interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import random
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +27,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import Checkpoints
+from .checkpoint import CHECKPOINT_SIGNAL, Checkpoints
 from .modeling import encode_prompt, format_prompt
 from .quantization import check_training_model, import_bitsandbytes
 from .records import DataError
 
 IGNORE_INDEX = -100
-# SLURM sends this shortly before a job's time limit (sbatch --signal, slurm/config.yaml); a checkpoint
-# follows at the next step boundary. Not SIGUSR1: SLURM signals every process of the job step, the
-# Snakemake process that runs this script included, and SIGUSR1 would end them; SIGURG they ignore.
-CHECKPOINT_SIGNAL = signal.SIGURG
 # Test hooks (tests/test_resume.py, tests/test_slurm.py): a training that started from step 0, not from
 # a checkpoint, ends itself with SIGKILL right after step N and any checkpoint due then ...
 KILL_AFTER_STEP = "ANTIDOTE_TEST_KILL_AFTER_STEP"
@@ -205,21 +199,6 @@ def train_step(model, batch: dict[str, torch.Tensor], optimizer, params, max_gra
     return loss
 
 
-@contextlib.contextmanager
-def checkpoint_requests():
-    """A list that gains an entry whenever :data:`CHECKPOINT_SIGNAL` arrives during the block
-    (only in the main thread, the one Python delivers signals to)."""
-    requests: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield requests
-        return
-    previous = signal.signal(CHECKPOINT_SIGNAL, lambda signum, frame: requests.append(signum))
-    try:
-        yield requests
-    finally:
-        signal.signal(CHECKPOINT_SIGNAL, previous)
-
-
 def _test_hook(name: str) -> int | None:
     return int(os.environ[name]) if os.environ.get(name) else None
 
@@ -227,7 +206,8 @@ def _test_hook(name: str) -> int | None:
 def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settings: TrainSettings,
                prompt_format: str, log_path: Path | None = None, checkpoints: Checkpoints | None = None):
     """Wrap ``model`` in a new LoRA adapter, train it on ``records``, return the PEFT model.
-    With ``checkpoints``, go on from the latest checkpoint of the same fingerprint, and save new ones."""
+    With ``checkpoints``, go on from the latest checkpoint of the same fingerprint, and save new ones
+    (also at the step after a request in ``checkpoints.requested``: :meth:`Checkpoints.on_signal`)."""
     check_training_model(model, settings.quantization)
     torch.manual_seed(settings.seed)
     model = add_lora(model, lora)
@@ -264,10 +244,10 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
         logging.info("resuming from the checkpoint %s: step %d of %d", checkpoints.file, step, total_steps)
     resumed_at = step
 
-    def save_checkpoint(epoch_rng, done: int, requests: list) -> None:
-        if requests:
+    def save_checkpoint(epoch_rng, done: int) -> None:
+        if checkpoints.requested:
             logging.info("%s arrived (the job's time limit is near): a checkpoint now", CHECKPOINT_SIGNAL.name)
-            requests.clear()
+            checkpoints.requested.clear()
         saving = time.time()
         checkpoints.save({
             "step": step, "epoch_rng": epoch_rng, "done_in_epoch": done, "log": history,
@@ -282,34 +262,33 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
         log.writelines(json.dumps(line) + "\n" for line in history)
     progress = tqdm(total=total_steps, initial=step, desc="train", unit="step")
     started, seconds_before = time.time(), history[-1]["seconds"] if history else 0.0
-    with checkpoint_requests() as requests:
-        while step < total_steps:
-            epoch_rng = rng.getstate()
-            batches = epoch_batches(lengths, settings, rng)
-            for done, batch_ids in enumerate(batches[done_in_epoch:], done_in_epoch + 1):
-                batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
-                require_answer_tokens(batch, settings.max_length)
-                loss = train_step(model, batch, optimizer, params, settings.max_grad_norm)
-                schedule.step()
-                step += 1
-                progress.update(1)
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-                history.append({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
-                                "lr": schedule.get_last_lr()[0], "seconds": seconds_before + time.time() - started})
-                if log:
-                    log.write(json.dumps(history[-1]) + "\n")
-                if checkpoints and (requests or step % checkpoints.every == 0 or done == len(batches)
-                                    or step == total_steps):
-                    save_checkpoint(epoch_rng, done, requests)
-                if resumed_at == 0 and step == _test_hook(KILL_AFTER_STEP):
-                    os.kill(os.getpid(), signal.SIGKILL)
-                while resumed_at == 0 and step == _test_hook(WAIT_AFTER_STEP):
-                    time.sleep(0.1)
-                    if checkpoints and requests:
-                        save_checkpoint(epoch_rng, done, requests)
-                if step == total_steps:
-                    break
-            done_in_epoch = 0
+    while step < total_steps:
+        epoch_rng = rng.getstate()
+        batches = epoch_batches(lengths, settings, rng)
+        for done, batch_ids in enumerate(batches[done_in_epoch:], done_in_epoch + 1):
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
+            require_answer_tokens(batch, settings.max_length)
+            loss = train_step(model, batch, optimizer, params, settings.max_grad_norm)
+            schedule.step()
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+            history.append({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
+                            "lr": schedule.get_last_lr()[0], "seconds": seconds_before + time.time() - started})
+            if log:
+                log.write(json.dumps(history[-1]) + "\n")
+            if checkpoints and (checkpoints.requested or step % checkpoints.every == 0 or done == len(batches)
+                                or step == total_steps):
+                save_checkpoint(epoch_rng, done)
+            if resumed_at == 0 and step == _test_hook(KILL_AFTER_STEP):
+                os.kill(os.getpid(), signal.SIGKILL)
+            while resumed_at == 0 and step == _test_hook(WAIT_AFTER_STEP):
+                time.sleep(0.1)
+                if checkpoints and checkpoints.requested:
+                    save_checkpoint(epoch_rng, done)
+            if step == total_steps:
+                break
+        done_in_epoch = 0
     progress.close()
     if log:
         log.close()
