@@ -139,9 +139,10 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     the result in fp32: cast to bf16 here, a small alignment update would be rounded away before
     any later stage used it; each later stage rounds it once, to its own dtype, on loading.
 
-    With ``checkpoint_dir`` the training saves a checkpoint there every ``checkpoint_every``
-    steps and at each epoch's end, goes on from one of the same settings and data if there is
-    one, and removes it once the output is in place.
+    The training records are checked before any model is loaded. With ``checkpoint_dir`` the
+    training saves a checkpoint there every ``checkpoint_every`` steps, at each epoch's end, at
+    the last step and after :data:`~antidote.checkpoint.CHECKPOINT_SIGNAL`, goes on from one of
+    the same settings and data if there is one, and removes it once the output is in place.
     """
     settings = TrainSettings(**training)
     check_quantization(settings.quantization, device)  # before the tokenizer or any model is loaded
@@ -209,7 +210,7 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
     feature_norms, n = collect_feature_norms(model, batches, lora_matrices(model))
     with atomic_path(out_file) as temp:
         save_file(feature_norms, temp, metadata={"n_sequences": str(n),
-                                                 "calibration": "benign" if benign_from else "harmful"})
+                                                "calibration": "benign" if benign_from else "harmful"})
     return n
 
 
