@@ -9,7 +9,8 @@ rule align:
         adapter=directory(PATHS["alignment_adapter"]),
     params:
         lora=config["align"]["lora"],
-        train=config["align"]["train"],
+        train=training_settings(config["align"]["train"]),
+        checkpoints=PATHS["align_checkpoints"],
         prompt_format=config["prompt_format"],
         dtype=config["dtype"],
         device=config["device"],

@@ -152,6 +152,15 @@ def get_task_spec(wildcards):
     return config["tasks"].get(wildcards.task)
 
 
+# --- training (stages 1 and 2)
+
+def training_settings(train):
+    """A stage's training settings as its rule's params: all but checkpoint_every, which says how
+    often a checkpoint is written, not what is trained, so that changing it reruns nothing (the
+    script reads it from the config)."""
+    return {key: value for key, value in train.items() if key != "checkpoint_every"}
+
+
 # --- fine-tuning runs
 
 def run_settings(run):
@@ -169,7 +178,7 @@ def get_task_train(wildcards):
 
 def get_finetune_training(wildcards):
     settings = RUNS[wildcards.run]
-    return dict(config["finetune"]["train"], learning_rate=settings["learning_rate"],
+    return dict(training_settings(config["finetune"]["train"]), learning_rate=settings["learning_rate"],
                 epochs=settings["epochs"], seed=settings["seed"])
 
 

@@ -8,6 +8,7 @@ rule finetune:
     params:
         lora=config["finetune"]["lora"],
         train=get_finetune_training,
+        checkpoints=PATHS["finetune_checkpoints"],
         prompt_format=config["prompt_format"],
         dtype=config["dtype"],
         device=config["device"],

@@ -1,6 +1,7 @@
 """bench/gpu_loops.py --smoke runs every loop, agrees with the authors' ways, and writes its table,
 so the GPU benchmark never rots between GPU runs (about 15 s on 2 CPU cores); bench/gpu_workflow.py
-builds its model and plans the whole DAG (--dry-run), and sums the benchmark files per stage."""
+builds its model and plans the whole DAG (--dry-run), and sums the benchmark files per stage;
+bench/checkpoint_cost.py prints its table for the tiny model."""
 
 import importlib.util
 import json
@@ -103,3 +104,12 @@ def test_stage_table_sums_jobs_per_stage(tmp_path):
     later = time.time() + 60  # only files written after a time stamp count (a rerun's jobs)
     os.utime(tmp_path / "score/run.tsv", (later, later))
     assert stage_table(tmp_path, newer_than=later - 1)["stage"].tolist() == ["score"]
+
+
+def test_checkpoint_cost_prints_its_table_for_the_tiny_model():
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run([sys.executable, str(REPO / "bench/checkpoint_cost.py"), "--model", "tiny", "--steps", "3",
+                             "--threads", "1"], cwd=REPO, env=env, check=True, timeout=300, capture_output=True,
+                            text=True)
+    row = result.stdout.strip().splitlines()[-1].split(" | ")
+    assert row[0] == "| tiny" and float(row[2]) > 0 and row[-1].endswith("% |")

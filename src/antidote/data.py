@@ -16,7 +16,8 @@ from typing import Iterable
 
 import yaml
 
-from .records import read_jsonl, read_table
+from .metrics import final_number
+from .records import DataError, decoded_text, read_jsonl, read_rows
 from .tasks import TASKS, as_training
 
 REFUSALS = [
@@ -59,7 +60,18 @@ def unique_prompts(prompts: list[str]) -> list[str]:
 
 def load_advbench(path: str | Path) -> list[str]:
     """AdvBench behaviours from pyrit's seed file (YAML: ``seeds[].value``)."""
-    seeds = yaml.safe_load(Path(path).read_text(encoding="utf-8"))["seeds"]
+    try:
+        content = yaml.safe_load(decoded_text(path))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}" if mark else str(path)
+        raise DataError(f"{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    seeds = content.get("seeds") if isinstance(content, dict) else None
+    if not seeds:
+        raise DataError(f"{path}: no 'seeds' list (an AdvBench seed file of pyrit holds seeds: [{{value: ...}}])")
+    for i, seed in enumerate(seeds):
+        if not isinstance(seed, dict) or not isinstance(seed.get("value"), str):
+            raise DataError(f"{path}, seeds[{i}], field 'value': missing or not text")
     return unique_prompts([seed["value"] for seed in seeds])
 
 
@@ -78,7 +90,7 @@ def load_donotanswer(folder: str | Path, areas: Iterable[str] = REFUSAL_AREAS) -
     if missing:
         found = sorted(f.stem for f in Path(folder).glob("*.jsonl"))
         raise FileNotFoundError(f"data.donotanswer_areas: no {', '.join(missing)} in {folder} (its areas: {found})")
-    return unique_prompts([row["prompt"] for f in files for row in read_jsonl(f)])
+    return unique_prompts([str(row["prompt"]) for f in files for _, row in read_rows(f, fields=["prompt"])])
 
 
 def cut(items: list, sizes: dict[str, int], seed: int, source: str, shuffle: bool = True) -> dict[str, list]:
@@ -196,12 +208,9 @@ def load_prompts(path: str | Path, field: str = "prompt", key: str = "data.test_
     that named the file, for the error message."""
     path = Path(path)
     if path.suffix == ".txt":
-        return unique_prompts(path.read_text(encoding="utf-8").splitlines())
-    rows = read_table(path)
-    if rows and field not in rows[0]:
-        raise ValueError(f"{path}: no column {field!r} (columns: {sorted(rows[0])}); "
-                         f"set {key}.field")
-    return unique_prompts([str(row[field]) for row in rows])
+        return unique_prompts(decoded_text(path).splitlines())
+    return unique_prompts([text(where, row, field) for where, row in read_rows(path, fields=[field],
+                                                                                hint=f"; set {key}.field")])
 
 
 def load_prompt_set(path: str | Path, field: str | None = None, key: str = "data.test_prompts") -> list[dict]:
@@ -209,34 +218,30 @@ def load_prompt_set(path: str | Path, field: str | None = None, key: str = "data
     with ``instruction`` and optional ``input``, kept as they are) when ``field`` is None, else
     a user's file read by :func:`load_prompts` (column ``field``; ``key`` names it in errors)."""
     if field is None:
-        return read_jsonl(path)
+        return read_jsonl(path, ["instruction"])
     return [{"instruction": p} for p in load_prompts(path, field, key)]
 
 
 BEAVERTAILS_FIELDS = ("prompt", "response", "is_safe")
 
 
-def _as_bool(value, path: Path) -> bool:
-    text = str(value).strip().lower()
-    if text in ("true", "1", "1.0"):
+def _as_bool(value, where: str) -> bool:
+    word = str(value).strip().lower()
+    if word in ("true", "1", "1.0"):
         return True
-    if text in ("false", "0", "0.0"):
+    if word in ("false", "0", "0.0"):
         return False
-    raise ValueError(f"{path}: is_safe value {value!r} is neither true nor false")
+    raise DataError(f"{where}, field 'is_safe': {value!r} is neither true nor false")
 
 
 def load_beavertails(path: str | Path) -> list[dict]:
     """Rows of a local BeaverTails split (``30k_train`` or ``30k_test`` saved as JSONL, JSON, CSV
     or Parquet, e.g. with ``datasets``' ``to_json``), in file order, as records with
     ``instruction`` (the prompt), ``output`` (the response) and ``is_safe``."""
-    path = Path(path)
-    rows = read_table(path)
-    missing = [f for f in BEAVERTAILS_FIELDS if rows and f not in rows[0]]
-    if missing:
-        raise ValueError(f"{path}: a BeaverTails file needs the columns {list(BEAVERTAILS_FIELDS)}; "
-                         f"{missing[0]!r} is missing (columns: {sorted(rows[0])})")
-    return [{"instruction": str(r["prompt"]), "output": str(r["response"]), "is_safe": _as_bool(r["is_safe"], path)}
-            for r in rows]
+    rows = read_rows(path, fields=BEAVERTAILS_FIELDS,
+                     hint=f"; a BeaverTails file needs the columns {list(BEAVERTAILS_FIELDS)}")
+    return [{"instruction": text(where, r, "prompt"), "output": text(where, r, "response"),
+             "is_safe": _as_bool(r["is_safe"], where)} for where, r in rows]
 
 
 # --- task data: a user's train and eval files, or one labelled file cut into both
@@ -268,21 +273,41 @@ def _is_missing(value) -> bool:
     return value is None or (pd.api.types.is_scalar(value) and bool(pd.isna(value)))
 
 
-def _confidence(value, path, column: str) -> float | None:
+def text(where: str, row: dict, field: str) -> str:
+    """A field that must hold text (a prompt, an answer): not empty."""
+    value = row[field]
+    if _is_missing(value) or not str(value).strip():
+        raise DataError(f"{where}, field {field!r}: empty")
+    return str(value)
+
+
+def _confidence(value, where: str, column: str) -> float | None:
     if _is_missing(value):
         return None
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{path}: column {column!r} holds {value!r}, which is not a number") from None
+        raise DataError(f"{where}, field {column!r}: {value!r} is not a number") from None
 
 
-def load_task_file(path: str | Path, task: str, fields: dict | None = None, labels: dict | None = None, *,
+def text_column(task: str, fields: dict | None = None) -> str:
+    """The column of a task's file that holds the text of an item (``input`` or ``question``)."""
+    spec = TASKS[task]
+    return {**spec.fields, **(fields or {})}["question" if spec.answer_prefix else "input"]
+
+
+def load_task_file(path: str | Path, task: str, fields: dict | None = None, labels: dict | None = None,
+                   **options) -> list[dict]:
+    """The items of :func:`load_task_rows`, without where they stand."""
+    return [item for _, item in load_task_rows(path, task, fields, labels, **options)]
+
+
+def load_task_rows(path: str | Path, task: str, fields: dict | None = None, labels: dict | None = None, *,
                    encoding: str = "utf-8", drop_labels: list | tuple = (), min_confidence: float | None = None,
                    drop_non_ascii: bool = False, clean: str = "none", source: str | None = None,
-                   counts: dict | None = None) -> list[dict]:
-    """Task items from a user's file, in file order, in the authors' instruction format (see
-    :meth:`Task.item`).
+                   counts: dict | None = None) -> list[tuple[str, dict]]:
+    """(where, item) of the task items of a user's file, in file order, in the authors'
+    instruction format (see :meth:`Task.item`); where names the file and row.
 
     ``fields`` and ``labels`` override the task's column names (roles ``input`` and ``label``,
     or ``question`` and ``answer``; ``confidence`` for ``min_confidence``, default column
@@ -304,48 +329,60 @@ def load_task_file(path: str | Path, task: str, fields: dict | None = None, labe
     names = {**spec.class_labels(), **{str(k): v for k, v in (labels or {}).items()}}
     if clean not in TEXT_CLEANING:
         raise ValueError(f"tasks.{task}.clean: {clean!r} is not one of {list(TEXT_CLEANING)}")
-    rows = read_table(path, encoding)
     needed = [fields[role] for role in spec.fields] + ([fields["confidence"]] if min_confidence is not None else [])
-    missing = [column for column in needed if rows and column not in rows[0]]
-    if missing:
-        raise ValueError(f"{path}: no column {missing[0]!r} (columns: {sorted(rows[0])}); "
-                         f"map it with tasks.{task}.fields")
-    text_column = fields["question" if spec.answer_prefix else "input"]
+    rows = read_rows(path, encoding, needed, hint=f"; map it with tasks.{task}.fields")
+    column = text_column(task, fields)
     label_column = fields["label"] if spec.label_words else None
     dropped_values = {str(value) for value in drop_labels}
     tally = {"rows": len(rows), "dropped_labels": {}, "below_min_confidence": 0, "non_ascii": 0, "empty": 0}
     items = []
-    for row in rows:
+    for where, row in rows:
         if label_column:
             value = str(row[label_column])
             if value in dropped_values:
                 tally["dropped_labels"][value] = tally["dropped_labels"].get(value, 0) + 1
                 continue
             if names.get(value, value) not in spec.label_words:
-                raise ValueError(f"{path}: column {label_column!r} holds the label {value!r}, which is not one of "
-                                 f"task {task}'s labels {list(spec.label_words)} (class index -> label: {names}); "
-                                 f"map it with tasks.{task}.labels or drop its rows with tasks.{task}.drop_labels")
+                raise DataError(f"{where}, field {label_column!r}: the label {value!r} is not one of task {task}'s "
+                                f"labels {list(spec.label_words)} (class index -> label: {names}); map it with "
+                                f"tasks.{task}.labels or drop its rows with tasks.{task}.drop_labels")
+        elif final_number(str(row[fields["answer"]]), spec.answer_prefix) is None:
+            raise DataError(f"{where}, field {fields['answer']!r}: {str(row[fields['answer']])[-60:]!r} holds no "
+                            f"number for task {task}'s metric to compare (answers end with '#### <number>')")
         if min_confidence is not None:
-            confidence = _confidence(row[fields["confidence"]], path, fields["confidence"])
+            confidence = _confidence(row[fields["confidence"]], where, fields["confidence"])
             if confidence is None or confidence < min_confidence:
                 tally["below_min_confidence"] += 1
                 continue
-        text = "" if _is_missing(row[text_column]) else str(row[text_column])
-        if drop_non_ascii and not text.isascii():
+        value = "" if _is_missing(row[column]) else str(row[column])
+        if drop_non_ascii and not value.isascii():
             tally["non_ascii"] += 1
             continue
-        text = TEXT_CLEANING[clean](text)
-        if not text.strip():
+        value = TEXT_CLEANING[clean](value)
+        if not value.strip():
             tally["empty"] += 1
             continue
-        item = spec.item({**row, text_column: text}, fields, names)
-        items.append(dict(item, source=f"real: {source}") if source else item)
+        item = spec.item({**row, column: value}, fields, names)
+        items.append((where, dict(item, source=f"real: {source}") if source else item))
     tally["kept"] = len(items)
     if spec.label_words:
-        tally["kept_per_label"] = {word: sum(i["label"] == word for i in items) for word in spec.label_words}
+        tally["kept_per_label"] = {word: sum(i["label"] == word for _, i in items) for word in spec.label_words}
     if counts is not None:
         counts.update(tally)
     return items
+
+
+def check_distinct(items: list[tuple[str, dict]], field: str, source: str) -> None:
+    """Stop on the first item whose prompt (:func:`prompt_key`) an earlier one already has,
+    naming both rows: an evaluation set that holds an item twice counts it twice."""
+    first: dict[str, str] = {}
+    for where, item in items:
+        key = prompt_key(item)
+        if key in first:
+            raise DataError(f"{where}, field {field!r}: the same item as {first[key].rpartition(', ')[2]} "
+                            f"({(item.get('input') or item['instruction'])[:60]!r}); the items of {source} must "
+                            "be distinct: remove one")
+        first[key] = where
 
 
 def unique_items(items: list[dict]) -> tuple[list[dict], int, int]:

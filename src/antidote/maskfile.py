@@ -27,6 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .atomic import atomic_path
+
 SCHEMA = pa.schema([("module", pa.string()), ("rows", pa.int32()), ("cols", pa.int32()),
                     ("n_pruned", pa.int64()), ("bits", pa.binary())])
 PROJECTION_SCHEMA = pa.schema([("module", pa.string()), ("cosine", pa.float64()), ("projected", pa.bool_())])
@@ -42,13 +44,15 @@ def write_masks(path: str | Path, masks: dict[str, torch.Tensor], info: dict) ->
         "n_pruned": [int(a.sum()) for a in arrays],
         "bits": [np.packbits(a.reshape(-1), bitorder="little").tobytes() for a in arrays],
     }, schema=SCHEMA.with_metadata({"antidote": json.dumps(info)}))
-    pq.write_table(table, path, compression="zstd")
+    with atomic_path(path) as temp:
+        pq.write_table(table, temp, compression="zstd")
 
 
 def write_projection(path: str | Path, modules: list[dict], info: dict) -> None:
     """SafeLoRA's record: each module's ``cosine`` (NaN where it has none) and whether it was ``projected``."""
     table = pa.Table.from_pylist(modules, schema=PROJECTION_SCHEMA.with_metadata({"antidote": json.dumps(info)}))
-    pq.write_table(table, path)
+    with atomic_path(path) as temp:
+        pq.write_table(table, temp)
 
 
 def read_mask_info(path: str | Path) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import atomic_path, write_text
 from .maskfile import read_masks
 from .paths import pruned_name
 from .prune import DEFENSES, mask_agreement
@@ -89,10 +90,11 @@ def write_mask_stats(mask_files: dict[tuple[str, str], str | Path], pruned: dict
 
     masks = {key: read_masks(path)[0] for key, path in mask_files.items()}
     tables, plots = Path(tables), Path(plots)
-    tables.mkdir(parents=True, exist_ok=True)
     overlaps = overlap_table(masks, pruned)
-    overlaps.to_csv(tables / "mask_overlap.csv", index=False)
-    (tables / "mask_overlap.md").write_text(markdown_table(overlaps))
+    with atomic_path(tables / "mask_overlap.csv") as temp:
+        overlaps.to_csv(temp, index=False)
+    write_text(tables / "mask_overlap.md", markdown_table(overlaps))
     density = density_table(masks, pruned)
-    density.to_csv(tables / "mask_density.csv", index=False)
+    with atomic_path(tables / "mask_density.csv") as temp:
+        density.to_csv(temp, index=False)
     plot_density(density, plots / "mask_density.png")

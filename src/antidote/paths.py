@@ -32,6 +32,10 @@ PATHS = {
     "pruned_adapter": "results/prune/{run}/{model}/adapter",
     "mask": "results/prune/{run}/{model}/mask.parquet",
     "projection": "results/prune/{run}/{model}/projection.parquet",  # SafeLoRA's in place of a mask
+    # training checkpoints of stages 1 and 2 (not outputs: Snakemake keeps them when a job fails,
+    # so that its rerun resumes; a finished training removes its own)
+    "align_checkpoints": "checkpoints/align",
+    "finetune_checkpoints": "checkpoints/finetune/{run}",
 }
 
 

