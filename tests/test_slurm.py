@@ -244,17 +244,20 @@ KILLED_RUN = "sst2-p0.25-lr0.001-ep4-n8-s0"
 KILLED_TARGET = f"results/finetune/{KILLED_RUN}/adapter"
 # Alignment: 12 steps, checkpoints only at the epochs' ends (4, 8, 12) and when the signal comes;
 # fine-tuning: 8 steps, checkpoints at 2, 4, 6, 8. Both wait after step 3 (a test hook) until SLURM
-# ends them: the alignment by its time limit of 1 minute (2 on the retry), the fine-tuning by
+# ends them: the alignment by its time limit of 2 minutes (4 on the retry), the fine-tuning by
 # `scancel --signal=TERM`, which ends the job's processes and leaves the job FAILED. (A plain `scancel`,
 # or one with SIGKILL, leaves it CANCELLED, which sacct writes "CANCELLED by <uid>": the plugin, 2.8.0,
 # does not read that as an end and waits for the job for ever; docs/cluster.md says what to do then.)
 LONGER_TRAINING = ("align: {train: {epochs: 3, checkpoint_every: 100}}\n"
                    "finetune: {epochs: [4], train: {checkpoint_every: 2}}\n"
-                   "cluster: {runtime: 1}\n")
-# The profile asks for the signal 300 s before the limit: with a limit of 1 minute it would come at once,
-# before the job's training has started; 30 s before, it comes after.
+                   "cluster: {runtime: 2}\n")
+# The profile asks for the signal 300 s before the limit: with a limit of 2 minutes it would come at once,
+# before the job's training has started; 30 s before, it comes after (SLURM may send it some seconds
+# early). A signal that comes before the training loop listens for it is lost: that attempt waits at
+# step 3 without a checkpoint until its time limit, and the retry waits again, for its own signal.
+# A slow start (a cold machine) can cost one such attempt, which the retries absorb.
 SIGNAL_30_S = ("--set-resources", "align:slurm_extra='--signal=URG@30'", "finetune:slurm_extra='--signal=URG@30'")
-KILLED_LIMIT_S = 480
+KILLED_LIMIT_S = 720
 
 
 def running_job(folder: Path, rule: str) -> str | None:
@@ -306,7 +309,10 @@ def test_training_jobs_killed_by_the_time_limit_and_by_scancel_were_retried(kill
     assert killed_runs["slurm"].returncode == 0, killed_runs["output"][-4000:]
     attempts = {rule: [row["State"].split()[0] for row in killed_runs["jobs"] if row["job"][0] == rule]
                 for rule in ("align", "finetune")}
-    assert attempts == {"align": ["TIMEOUT", "COMPLETED"], "finetune": ["FAILED", "COMPLETED"]}
+    assert attempts["finetune"] == ["FAILED", "COMPLETED"]
+    # killed by the time limit at least once (twice when the first signal came before the loop listened)
+    assert attempts["align"][-1] == "COMPLETED" and attempts["align"][0] == "TIMEOUT", attempts
+    assert set(attempts["align"][:-1]) == {"TIMEOUT"} and len(attempts["align"]) <= 1 + PROFILE["retries"], attempts
     assert killed_runs["cancelled"] == [row["JobID"] for row in killed_runs["jobs"] if row["job"][0] == "finetune"][0]
 
 
