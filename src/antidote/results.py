@@ -64,10 +64,9 @@ def collect_summary(metric_files: list[str | Path], parquet: str | Path, csv: st
         table.to_parquet(temp, index=False)
     with atomic_path(csv) as temp:
         table.to_csv(temp, index=False)
-    shown = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", *SAFELORA_COLUMNS,
-             "seed", "judge", "harmful_set", "harmful_score", "benign_refusal", "finetune_accuracy", "update_removed",
-             "n_test_prompts", "task_data"]
-    shown = [c for c in shown if c not in SAFELORA_COLUMNS or table[c].notna().any()]  # only with SafeLoRA rows
+    # the markdown leaves out the benign and task item counts, and SafeLoRA's columns where it has no rows
+    shown = [c for c in COLUMNS if c not in ("n_benign_prompts", "n_task_items")
+             and (c not in SAFELORA_COLUMNS or table[c].notna().any())]
     write_text(markdown, markdown_table(single_set_hidden(table[shown], table)))
     return table
 
