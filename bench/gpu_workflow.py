@@ -166,7 +166,8 @@ def overlay_config(arch: str, model_dir: Path, advbench: Path, donotanswer: Path
 def snakemake(work: Path, args: list[str], log: Path, say: Report) -> float:
     """Run Snakemake in ``work``, its output to the console and to ``log``; its wall seconds."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-               "--configfile", str(REPO / "config/config.yaml"), str(work / "overlay.yaml"), *args]
+               "--configfile", str(REPO / "config/config.yaml"), str(work / "overlay.yaml"),
+               "--show-failed-logs", *args]
     say(f"\n`{shlex.join(command)}` (output: {log})\n")
     started = time.perf_counter()
     with log.open("w") as out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

