@@ -34,6 +34,13 @@ def test_batched_padded_statistics_equal_batch1_running_mean(tiny_tokenizer):
         assert rel < 1e-5, (name, rel.item())
 
 
+def test_statistics_need_eval_mode(tiny_tokenizer):
+    model = lora_model(tiny_tokenizer).train()
+    batches = calibration_batches(tiny_tokenizer, ["Write a script."], batch_size=1, max_length=512, prompt_format="chat")
+    with pytest.raises(ValueError, match="model.eval"):
+        collect_feature_norms(model, batches, lora_matrices(model))
+
+
 def test_statistics_names_match_saved_adapter_keys(tiny_tokenizer, tmp_path):
     from safetensors.torch import load_file
 
