@@ -1,9 +1,13 @@
-"""What every workflow script does first: log to the rule's log file, use the rule's threads."""
+"""What every workflow script does first: log to the rule's log file, use the rule's threads;
+and what it wraps its stage in: an out-of-memory error that names the settings to lower."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
+
+import torch
 
 from .modeling import pick_device, set_threads
 
@@ -19,3 +23,14 @@ def start_script(snakemake) -> str:
     device = pick_device(getattr(snakemake.params, "device", "auto"))
     logging.info("rule %s on %s with %d threads", snakemake.rule, device, snakemake.threads)
     return device
+
+
+@contextmanager
+def lower_on_out_of_memory(*settings: str):
+    """Re-raise a GPU out-of-memory error with the config settings (``score.batch_size``, ...)
+    that would make the stage fit: PyTorch's own message names none of them."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as error:
+        raise torch.cuda.OutOfMemoryError(f"{error}\nThe GPU ran out of memory: lower {' or '.join(settings)} "
+                                          "in the config (the model, its dtype and max_length set the rest)") from error
