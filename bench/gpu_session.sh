@@ -7,7 +7,8 @@
 #   bash bench/gpu_session.sh [STEP ...]    # on the GPU machine: the steps named, or all of them in order
 #
 # Steps:
-#   check        nvidia-smi, versions, imports; gpu_loops.py --smoke --device cuda (every CUDA path, 4-bit included)
+#   check        nvidia-smi, Snakemake's version; gpu_loops.py --smoke --device cuda (every CUDA path, 4-bit
+#                included; its table gives the versions of torch, transformers, peft and bitsandbytes)
 #   loops        gpu_loops.py --loops calibration training qlora       -> $OUT/gpu_loops.{md,json,csv}
 #   generation   gpu_loops.py --loops generation --update              -> the same table, its generation row added
 #   workflow     gpu_workflow.py --arch smollm2 --cpu-check             -> $OUT/gpu_workflow_smollm2.md
@@ -44,7 +45,7 @@ bundle() {  # the default run's small inputs: the model's config and tokenizer (
 }
 if [[ ${1:-} == bundle ]]; then bundle; exit; fi
 
-: "${OUT:?set OUT to the folder whose files come back}"
+: "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
 BUDGET_S=${BUDGET_S:-540}
 REPEATS=${REPEATS:-3}
@@ -58,17 +59,8 @@ export PYTHON OUT REPEATS CORES BUNDLE DEVICE LOOP_SIZE DRY_RUN
 
 check() {
   if [[ $DEVICE == cuda ]]; then nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv; fi
-  "$PYTHON" - <<'EOF'
-import importlib, sys, torch
-print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
-      torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
-for name in ("transformers", "peft", "snakemake", "bitsandbytes"):
-    try:
-        print(name, importlib.import_module(name).__version__)
-    except ImportError as error:
-        print(name, "MISSING:", error)
-EOF
-  local smoke=$(mktemp -d)  # the smoke table's .json and .csv stay behind: $OUT returns 8 files at most
+  "$PYTHON" -m snakemake --version || echo "snakemake is missing: the workflow steps need it"
+  local smoke=$(mktemp -d)  # the smoke table's .json and .csv stay behind: $OUT keeps to a few files
   "$PYTHON" bench/gpu_loops.py --smoke --device "$DEVICE" --out "$smoke/gpu_loops_smoke.md" && cp "$smoke/gpu_loops_smoke.md" "$OUT/"
 }
 loops() {
@@ -99,7 +91,7 @@ for step in "${STEPS[@]}"; do
   started=$SECONDS
   timeout --kill-after=15 "$left" bash -c "$step" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
-  case $rc in 0) status=done ;; 124|137) status="stopped at the call's time limit" ;; *) status="failed (exit $rc)" ;; esac
+  case $rc in 0) status=done ;; 124|137) status="stopped: BUDGET_S spent" ;; *) status="failed (exit $rc)" ;; esac
   TABLE+=("| $step | $status | $((SECONDS - started)) |")
 done
 

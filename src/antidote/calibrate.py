@@ -4,8 +4,8 @@ n_j = mean over sequences of sum_t X[t, j]^2 (a squared L2 norm; the Wanda score
 One ordinary forward pass per batch with hooks on the adapter's matrices gives exactly what
 the authors' layer-by-layer batch-1 loop computes, because nothing is masked while the
 feature norms are gathered. lora_A's hooks sit on their layers' inputs, so the hidden state
-that q_proj, k_proj and v_proj share is squared once, not three times. Padding tokens are excluded, and sums are kept in fp32 (or wider)
-whatever the model's dtype.
+that q_proj, k_proj and v_proj share is squared once, not three times. Padding tokens are
+excluded, and sums are kept in fp32 (or wider) whatever the model's dtype.
 """
 
 from __future__ import annotations
