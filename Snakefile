@@ -1,5 +1,5 @@
 # Antidote (arXiv 2408.09600): safety realignment of a harmfully fine-tuned LLM by one-shot pruning.
-# Stages: assets -> data -> align -> finetune -> score -> prune -> evaluate -> collect.
+# Stages: assets -> data -> align -> finetune -> score -> prune -> evaluate -> select -> collect -> report.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -21,6 +21,7 @@ include: "rules/finetune.smk"
 include: "rules/score.smk"
 include: "rules/prune.smk"
 include: "rules/evaluate.smk"
+include: "rules/select.smk"
 include: "rules/collect.smk"
 include: "rules/report.smk"
 
@@ -29,6 +30,7 @@ rule all:
     input:
         rules.collect.output,
         rules.tables.output,
+        rules.paired.output,
         rules.plots.output,
         rules.mask_stats.output if MASKED_MODELS else [],  # SafeLoRA alone masks nothing
     default_target: True

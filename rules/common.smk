@@ -6,8 +6,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from antidote.config import (TASK_FILE_KEYS, check_config, expand_runs, missing_paths, pruned_models,
-                             resolve_hub_names, split_sources)
-from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_paths
+                             resolve_hub_names, selected_defenses, split_sources)
+from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_name, evaluation_paths, pruned_name
 from antidote.plots import plot_names
 from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
 from antidote.results import REFERENCE_MODELS, run_axes, swept_axes, table_names
@@ -37,6 +37,7 @@ SPLIT_NAMES = [
     "alignment_harmful", "alignment_benign", "harmful_finetune_pool", "calibration_pool",
     "harmful_validation", "harmful_test", "benign_test",
 ]
+TASK_SPLIT_NAMES = ["task_train", "task_validation", "task_eval"]  # rule task_data's sizes (data.sizes)
 
 
 # Every fine-tuning run of the grid, keyed by a readable id that names all its settings
@@ -251,9 +252,15 @@ def benign_prompts():
     return {"path": split_file("benign_test")}
 
 
+def evaluated_task(wildcards):
+    return RUNS[wildcards.run]["task"] if "run" in wildcards.keys() else wildcards.task
+
+
 def get_task_eval(wildcards):
-    task = RUNS[wildcards.run]["task"] if "run" in wildcards.keys() else wildcards.task
-    return PATHS["task_eval"].format(task=task)
+    """The task items a model is scored on: the eval items, or on the validation prompts
+    (evaluate.harmful_split) the validation items, so that no test item chooses a setting."""
+    split = "task_eval" if config["evaluate"]["harmful_split"] == "harmful_test" else "task_validation"
+    return PATHS[split].format(task=evaluated_task(wildcards))
 
 
 def get_summary_row(wildcards):
@@ -269,7 +276,43 @@ def get_summary_row(wildcards):
     return dict(model=pruned["defense"], update_removed=0.0, **settings, **run_settings(wildcards.run))
 
 
-def evaluated_metrics():
-    """Every metrics file of the grid: the reference models per task, every model of every run."""
-    return ([PATHS["reference_metrics"].format(task=t, model=m) for t in TASKS for m in REFERENCE_MODELS]
-            + [PATHS["run_metrics"].format(run=r, model=m) for r in RUNS for m in run_models(r)])
+def evaluation_params(sets, benign, judges):
+    """The params of an evaluation job: what it answers (harmful sets, benign prompts) and who judges."""
+    return dict(row=get_summary_row, harmful_sets=sets, benign=benign, judges=judges, generation=config["evaluate"],
+                prompt_format=config["prompt_format"], dtype=config["dtype"], device=config["device"])
+
+
+def evaluations():
+    """Every evaluation of the grid by name (antidote.paths.evaluation_name; the summary's column
+    evaluation) -> its wildcards: the reference models per task, every model of every run."""
+    named = {evaluation_name(m, task=t): dict(task=t, model=m) for t in TASKS for m in REFERENCE_MODELS}
+    named.update({evaluation_name(m, run=r): dict(run=r, model=m) for r in RUNS for m in run_models(r)})
+    return named
+
+
+def evaluation_files(kind):
+    """The "metrics" or "answers" file of every evaluation, in the order of evaluations()."""
+    return [PATHS[f"{'run' if 'run' in w else 'reference'}_{kind}"].format(**w) for w in evaluations().values()]
+
+
+# --- alpha chosen on validation data (rules/select.smk): per run, the masking defenses whose alpha
+# is chosen, and every curve point evaluated on the validation prompts for it
+SELECT = config["prune"]["select"]
+SELECTION_MODELS = [dict(run=run, model=pruned_name(defense, alpha), defense=defense, alpha=alpha)
+                    for run in RUNS for defense, alphas in selected_defenses(RUNS[run], config["prune"]).items()
+                    for alpha in alphas]
+SELECTION_TASKS = sorted({RUNS[m["run"]]["task"] for m in SELECTION_MODELS})
+SELECTION_JUDGE = config["evaluate"]["judges"][0]  # the first judge scores the validation prompts
+
+
+def get_selection_task(wildcards):
+    """The task's validation items where the criterion reads the fine-tune accuracy; none where it
+    reads the harmful score alone (the validation evaluations stay as small as the criterion allows)."""
+    if SELECT["criterion"] != "accuracy":
+        return {}
+    return {"task": PATHS["task_validation"].format(task=evaluated_task(wildcards))}
+
+
+def get_selection(wildcards):
+    """The alphas chosen on validation data, where any defense has its alpha chosen."""
+    return {"selection": PATHS["selection_parquet"]} if SELECTION_MODELS else {}

@@ -64,15 +64,16 @@ rule finetune_data:
 
 
 rule task_data:
-    """Train and eval items of a fine-tuning task: the user's files, or the task's built-in stand-in."""
+    """Train, validation and eval items of a fine-tuning task: the user's files, or the task's built-in stand-in."""
     input:
         unpack(get_task_sources),
     output:
         train=PATHS["task_train"],
+        validation=PATHS["task_validation"],
         eval=PATHS["task_eval"],
     params:
         spec=get_task_spec,
-        sizes=config["data"]["sizes"],
+        sizes={split: config["data"]["sizes"][split] for split in TASK_SPLIT_NAMES},
         seed=config["data"]["seed"],
         in_file_order=IN_FILE_ORDER,
     log:

@@ -10,14 +10,7 @@ rule evaluate:
         metrics=PATHS["run_metrics"],
         answers=PATHS["run_answers"],
     params:
-        row=get_summary_row,
-        harmful_sets=harmful_sets(),
-        benign=benign_prompts(),
-        judges=config["evaluate"]["judges"],
-        generation=config["evaluate"],
-        prompt_format=config["prompt_format"],
-        dtype=config["dtype"],
-        device=config["device"],
+        **evaluation_params(harmful_sets(), benign_prompts(), config["evaluate"]["judges"]),
     wildcard_constraints:
         model="|".join(map(re.escape, ["sft", *PRUNED])),
     threads: 2

@@ -3,14 +3,16 @@ report: "../workflow/report/workflow.rst"
 
 localrules:
     tables,
+    paired,
     plots,
     mask_stats,
 
 
 rule tables:
-    """HS, BR and FA per defense (and harmful set), mean and std over seeds: the main comparison and one table per swept axis."""
+    """HS, BR and FA per defense (and harmful set) over seeds, each rate with its interval: the main comparison and one table per swept axis."""
     input:
-        rules.collect.output.parquet,
+        summary=rules.collect.output.parquet,
+        judgements=rules.collect.output.judgements,
     output:
         csv=[
             report(f"{PATHS['tables']}/{name}.csv", caption="../workflow/report/tables.rst", category="Tables",
@@ -18,6 +20,8 @@ rule tables:
             for name in table_names(SWEPT_AXES)
         ],
         markdown=[f"{PATHS['tables']}/{name}.md" for name in table_names(SWEPT_AXES)],
+    params:
+        statistics=config["statistics"],
     log:
         f"{LOGS}tables.log",
     conda:
@@ -26,16 +30,39 @@ rule tables:
         "../workflow/scripts/tables.py"
 
 
-rule plots:
-    """HS against FA per defense, and HS, BR and FA against alpha and every other swept axis (panels per judge and harmful set)."""
+rule paired:
+    """Each defense against sft, against the aligned model and against its controls, on the pairs of
+    prompts both answered: the difference, its interval and the p-value of the paired test."""
     input:
-        rules.collect.output.parquet,
+        summary=rules.collect.output.parquet,
+        judgements=rules.collect.output.judgements,
+    output:
+        csv=report(f"{PATHS['tables']}/paired.csv", caption="../workflow/report/paired.rst", category="Tables",
+                   labels={"table": "paired"}),
+        markdown=f"{PATHS['tables']}/paired.md",
+    params:
+        statistics=config["statistics"],
+    log:
+        f"{LOGS}paired.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/paired.py"
+
+
+rule plots:
+    """HS against FA per defense, and HS, BR and FA against alpha and every other swept axis (panels per judge and harmful set), with intervals."""
+    input:
+        summary=rules.collect.output.parquet,
+        judgements=rules.collect.output.judgements,
     output:
         [
             report(f"{PATHS['plots']}/{name}.png", caption="../workflow/report/plots.rst", category="Plots",
                    labels={"plot": name})
             for name in plot_names(SWEPT_AXES, masked=bool(ALPHAS))
         ],
+    params:
+        statistics=config["statistics"],
     log:
         f"{LOGS}plots.log",
     conda:

@@ -147,7 +147,7 @@ def test_beavertails_file_errors_name_the_file_and_the_value(tmp_path):
 
 def test_sst2_standin_task_data(tmp_path):
     report = build_task_data("sst2", None, SIZES, 0, tmp_path)
-    assert report == {"task": "sst2", "train": 16, "eval": 8, "source": "stand-in"}
+    assert report == {"task": "sst2", "train": 16, "validation": 0, "eval": 8, "source": "stand-in"}
     train, evaluation = read_jsonl(tmp_path / "train.jsonl"), read_jsonl(tmp_path / "eval.jsonl")
     assert {r["input"] for r in train}.isdisjoint(r["input"] for r in evaluation)
 

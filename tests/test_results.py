@@ -7,7 +7,7 @@ import pytest
 
 from antidote.config import expand_runs
 from antidote.plots import plot_names, write_plots
-from antidote.results import (COLUMNS, collect_summary, main_table, markdown_table, mean_std_cells, run_axes,
+from antidote.results import (COLUMNS, collect_summary, main_table, markdown_table, run_axes, statistic_cells,
                               summary_tables, swept_axes, table_names, write_tables)
 
 # HS = level + 100 p - 100 alpha + 2 seed (+5 under the moderation judge, -7 on the set "mine"): over
@@ -126,7 +126,7 @@ def test_several_harmful_sets_stay_apart_in_every_table():
     row = one_row(tables["main"], judge="refusal", harmful_set="mine", defense="antidote-a0.1", harmful_ratio=0.2)
     assert row["HS mean"] == pytest.approx(20 + 20 - 10 + 2 - 7) and row["n_test_prompts"] == 30
     assert row["BR mean"] == pytest.approx(30 + 10 + 1)  # over-refusal does not depend on the harmful set
-    text = markdown_table(mean_std_cells(tables["by_alpha"]))
+    text = markdown_table(statistic_cells(tables["by_alpha"]))
     assert "| judge | harmful_set | n_test_prompts | task_data | task | defense | harmful_ratio |" in text
     assert "| refusal | mine | 30 | stand-in | sst2 | antidote | 0.2 | 30.0 ± 2.0 | 36.0 ± 1.0 |" in text
 
@@ -136,17 +136,19 @@ def test_summary_markdown_shows_benign_refusal_and_the_set_only_when_there_are_s
     two = synthetic_summary(grid_config(harmful_ratio=[0.2], alpha=[0.1], seed=[0]), judges=("refusal",),
                             sets=("harmful_test", "mine"))
     for name, table in [("one", one), ("two", two)]:
-        files = []
+        files = {}
         for i, model in enumerate(table["model"].unique()):  # one metrics file per model, as rule evaluate writes
-            files.append(tmp_path / f"{name}-{i}.parquet")
-            table[table["model"] == model].to_parquet(files[-1])
+            files[model] = (tmp_path / f"{name}-{i}.parquet", None)
+            table[table["model"] == model].drop(columns="evaluation").to_parquet(files[model][0])
         out = {ext: tmp_path / f"{name}.{ext}" for ext in ("parquet", "csv", "md")}
-        collected = collect_summary(files[::-1], out["parquet"], out["csv"], out["md"])
+        collected = collect_summary(dict(reversed(files.items())), out["parquet"], out["csv"], out["md"])
         assert list(collected.columns) == COLUMNS and len(collected) == len(table)
     header = ("| model | task | harmful_ratio | learning_rate | epochs | n_samples | alpha | seed | judge | "
               "harmful_score | benign_refusal | finetune_accuracy | update_removed | n_test_prompts | task_data |")
     assert (tmp_path / "one.md").read_text().splitlines()[0] == header
-    assert "| antidote | sst2 | 0.2 | 0.001 | 2.0 | 200.0 | 0.1 | 0.0 | refusal | 30.0 | 40.0 | 84.0 | 50.0 | 100 | stand-in |" \
+    # each rate with its Wilson interval over the row's prompts: 30 of 100, 20 of 50, 42 of 50
+    assert ("| antidote | sst2 | 0.2 | 0.001 | 2.0 | 200.0 | 0.1 | 0.0 | refusal | 30.0 [21.9, 39.6] | "
+            "40.0 [27.6, 53.8] | 84.0 [71.5, 91.7] | 50.0 | 100 | stand-in |") \
         in (tmp_path / "one.md").read_text()
     lines = (tmp_path / "two.md").read_text().splitlines()
     assert lines[0] == header.replace("| judge | harmful_score |", "| judge | harmful_set | harmful_score |")
@@ -154,14 +156,15 @@ def test_summary_markdown_shows_benign_refusal_and_the_set_only_when_there_are_s
     assert [line.split(" | ")[0].strip("| ") for line in lines[2:]] == ["base", "aligned", "sft", "antidote",
                                                                        "random", "magnitude"] * 2
     assert [line.split(" | ")[9] for line in lines[2:]] == ["harmful_test"] * 6 + ["mine"] * 6
-    assert "| antidote | sst2 | 0.2 | 0.001 | 2.0 | 200.0 | 0.1 | 0.0 | refusal | mine | 23.0 | 40.0 | 84.0 | 50.0 | 30 |" \
+    assert ("| antidote | sst2 | 0.2 | 0.001 | 2.0 | 200.0 | 0.1 | 0.0 | refusal | mine | 23.0 [11.8, 40.9] | "
+            "40.0 [27.6, 53.8] | 84.0 [71.5, 91.7] | 50.0 | 30 |") \
         in "\n".join(lines)
 
 
 def test_one_seed_leaves_the_std_blank():
     table = main_table(synthetic_summary(grid_config(seed=[0])))
     assert table["HS std"].isna().all() and (table["runs"] == 1).all()
-    text = markdown_table(mean_std_cells(table.drop(columns="harmful_set")))
+    text = markdown_table(statistic_cells(table.drop(columns="harmful_set")))
     assert "±" not in text
     assert "| refusal | 100 | stand-in | sst2 | sft | 0.1 | 0.001 | 2 | 200 |  | 90.0 | 2.0 | 90.0 | 0.0 | 1 |" in text
 
@@ -224,7 +227,7 @@ def test_summary_markdown_shows_safelora_settings_only_with_safelora_rows(tmp_pa
                                             judges=("refusal",)), settings=[("count", 10)])
     table.to_parquet(tmp_path / "metrics.parquet")
     out = {ext: tmp_path / f"summary.{ext}" for ext in ("parquet", "csv", "md")}
-    collected = collect_summary([tmp_path / "metrics.parquet"], out["parquet"], out["csv"], out["md"])
+    collected = collect_summary({"all": (tmp_path / "metrics.parquet", None)}, out["parquet"], out["csv"], out["md"])
     assert collected["model"].tolist()[-1] == "safelora"
     lines = out["md"].read_text().splitlines()
     assert "| alpha | safelora_select | safelora_value | seed |" in lines[0]

@@ -120,7 +120,7 @@ def test_the_filters_apply_to_train_and_eval_files_too(tmp_path):
             "fields": {"input": "text", "label": "mood"}, "labels": {"pos": "positive", "neg": "negative"},
             "drop_labels": ["neutral"], "clean": "text", "source": "mine"}
     report = build_task_data("sst2", spec, {"task_train": 10, "task_eval": 5}, 0, tmp_path / "out")
-    assert report == {"task": "sst2", "train": 2, "eval": 1, "source": "real: mine"}
+    assert report == {"task": "sst2", "train": 2, "validation": 0, "eval": 1, "source": "real: mine"}
     assert sorted(r["input"] for r in read_jsonl(tmp_path / "out/train.jsonl")) == ["fine film", "good & kind"]
 
 
@@ -142,3 +142,33 @@ def test_the_default_runs_real_task_data(tmp_path):
     texts = [r["input"] for r in train + evaluation]
     assert len({data.normalize(t) for t in texts}) == len(texts)  # disjoint and distinct
     assert all(t.isascii() and "&amp;" not in t and "http://" not in t and "\r" not in t for t in texts)
+
+
+def test_validation_items_are_held_out_and_leave_train_and_eval_as_they_were(tmp_path):
+    """data.sizes.task_validation cuts items from what neither training nor evaluation uses, from
+    each kind of source, so that adding them (the default's selection of alpha) re-cuts nothing."""
+    import pandas as pd
+
+    corpus = write_corpus(tmp_path, ROWS + [("negative", "1.0", f"Delay number {i}") for i in range(4)]
+                          + [("positive", "1.0", f"Lovely flight number {i}") for i in range(4)])
+    files = pd.DataFrame({"sentence": [f"film {i} was {'good' if i % 2 else 'bad'}" for i in range(30)],
+                          "label": [i % 2 for i in range(30)]})
+    files.to_csv(tmp_path / "train.csv", index=False)
+    files.iloc[:5].to_csv(tmp_path / "eval.csv", index=False)
+    sources = {"file": dict(SPEC, file=str(corpus)), "files": {"train": str(tmp_path / "train.csv"),
+                                                              "eval": str(tmp_path / "eval.csv")}, "stand-in": None}
+    for name, spec in sources.items():
+        before = build_task_data("sst2", spec, SIZES, 0, tmp_path / name / "before")
+        after = build_task_data("sst2", spec, dict(SIZES, task_validation=4), 0, tmp_path / name / "after")
+        assert (before["validation"], after["validation"]) == (0, 4), name
+        for part in ("train", "eval"):
+            assert read_jsonl(tmp_path / name / "before" / f"{part}.jsonl") == \
+                read_jsonl(tmp_path / name / "after" / f"{part}.jsonl"), (name, part)
+        validation = {data.prompt_key(r) for r in read_jsonl(tmp_path / name / "after/validation.jsonl")}
+        others = {data.prompt_key(r) for part in ("train", "eval")
+                  for r in read_jsonl(tmp_path / name / "after" / f"{part}.jsonl")}
+        assert len(validation) == 4 and validation.isdisjoint(others), name
+    # a train file with too few items left gives what it has, with a warning in the log
+    # (30 items, 2 of them eval items)
+    short = build_task_data("sst2", sources["files"], dict(SIZES, task_train=27, task_validation=4), 0, tmp_path / "short")
+    assert (short["train"], short["validation"]) == (27, 1)

@@ -110,8 +110,24 @@ def cmd_evaluate(a):
 def cmd_collect(a):
     from .results import collect_summary
 
-    print(collect_summary(a.metrics, a.out.with_suffix(".parquet"), a.out.with_suffix(".csv"),
-                          a.out.with_suffix(".md")).to_string())
+    # each evaluation is named by its folder, whose answers.jsonl (where there is one) gives its verdicts
+    evaluations = {}
+    for metrics in map(Path, a.metrics):
+        answers = metrics.with_name("answers.jsonl")
+        evaluations[str(metrics.parent)] = (metrics, answers if answers.exists() else None)
+    print(collect_summary(evaluations, a.out.with_suffix(".parquet"), a.out.with_suffix(".csv"),
+                          a.out.with_suffix(".md"), a.out.with_name("judgements.parquet")).to_string())
+
+
+def cmd_paired(a):
+    import pandas as pd
+
+    from .comparisons import write_paired
+
+    summary = pd.read_parquet(a.summary)
+    judgements = pd.read_parquet(a.judgements or Path(a.summary).with_name("judgements.parquet"))
+    print(write_paired(summary, judgements, a.out.with_suffix(".csv"), a.out.with_suffix(".md"),
+                       {"confidence": a.confidence, "resamples": a.resamples, "seed": a.seed}).to_string())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,8 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.parquet and answers.jsonl")
     model_options(p)
 
-    p = add("collect", cmd_collect, "merge metrics files into summary .parquet/.csv/.md")
+    p = add("collect", cmd_collect, "merge metrics files into summary .parquet/.csv/.md (each rate with its "
+                                    "Wilson interval) and their answers into judgements.parquet beside it")
     p.add_argument("metrics", nargs="+"); p.add_argument("--out", type=Path, default=Path(evaluation_paths("harmful_test")["summary_parquet"]).with_suffix(""))
+
+    p = add("paired", cmd_paired, "paired comparisons of the summary's models on the prompts both answered: "
+                                  "difference, interval, exact McNemar p-value (.csv/.md)")
+    p.add_argument("summary", type=Path, help="summary.parquet")
+    p.add_argument("--judgements", type=Path, help="default: judgements.parquet beside the summary")
+    p.add_argument("--out", type=Path, default=Path(evaluation_paths("harmful_test")["tables"]) / "paired")
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples over seeds and prompts")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     return parser
 
 

@@ -76,6 +76,43 @@ def pruned_models(run: dict, prune: dict) -> dict[str, dict]:
     return models
 
 
+def selected_defenses(run: dict, prune: dict) -> dict[str, list[float]]:
+    """The masking defenses whose alpha rule select_alpha chooses for this run on validation data,
+    each with its curve (the alphas it is pruned at): ``prune.select.defenses``, or by default
+    every masking defense pruned at two alphas or more."""
+    curves: dict[str, list[float]] = {}
+    for spec in pruned_models(run, prune).values():
+        if spec["alpha"] is not None:
+            curves.setdefault(spec["defense"], []).append(spec["alpha"])
+    chosen = prune["select"].get("defenses")
+    if chosen is None:
+        return {defense: alphas for defense, alphas in curves.items() if len(alphas) >= 2}
+    return {defense: curves[defense] for defense in chosen if defense in curves}
+
+
+def check_selection(config: dict) -> None:
+    """prune.select names masking defenses of prune.defenses, has the setting its criterion reads,
+    and the validation data it needs exists."""
+    prune, sizes = config["prune"], config["data"]["sizes"]
+    select = prune["select"]
+    for i, defense in enumerate(select.get("defenses") or []):
+        if defense not in prune["defenses"]:
+            raise ConfigError(f"prune.select.defenses[{i}]: {defense!r} is not one of prune.defenses {prune['defenses']}")
+        if not DEFENSES[defense].masks:
+            raise ConfigError(f"prune.select.defenses[{i}]: {defense!r} has no alpha to choose")
+    if select["criterion"] == "accuracy" and "max_hs" not in select:
+        raise ConfigError("prune.select.criterion: 'accuracy' needs prune.select.max_hs, the highest validation "
+                          "harmful score allowed")
+    if not any(selected_defenses(run, prune) for run in expand_runs(config).values()):
+        return
+    if sizes["harmful_validation"] == 0:
+        raise ConfigError("prune.select: choosing alpha needs validation prompts, but data.sizes.harmful_validation "
+                          "is 0 (or set prune.select.defenses: [] to turn the selection off)")
+    if select["criterion"] == "accuracy" and sizes["task_validation"] == 0:
+        raise ConfigError("prune.select.criterion: 'accuracy' needs validation task items, but "
+                          "data.sizes.task_validation is 0")
+
+
 def local_path(key: str, value: str) -> str:
     """Where a path the config names lives: a model ``hf://org/name`` where rule hub_model puts it,
     a dataset split ``hf://datasets/org/name[/subset]/split`` where rule hub_dataset does."""
@@ -217,8 +254,11 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
     if data["calibration_size"] > sizes["calibration_pool"]:
         raise ConfigError(f"data.calibration_size: {data['calibration_size']} is larger than "
                           f"data.sizes.calibration_pool ({sizes['calibration_pool']})")
-    if config["evaluate"]["harmful_split"] == "harmful_validation" and sizes["harmful_validation"] == 0:
-        raise ConfigError("evaluate.harmful_split: 'harmful_validation' but data.sizes.harmful_validation is 0")
+    if config["evaluate"]["harmful_split"] == "harmful_validation":
+        for split in ("harmful_validation", "task_validation"):
+            if sizes[split] == 0:
+                raise ConfigError(f"evaluate.harmful_split: 'harmful_validation' but data.sizes.{split} is 0")
+    check_selection(config)
     check_prompt_sets(config)
 
     source = data["source"]

@@ -434,10 +434,11 @@ def task_filters(spec: dict) -> dict:
 
 
 def corpus_splits(spec: dict, task: str, sizes: dict, seed: int) -> tuple[dict[str, list[dict]], dict]:
-    """Eval and train items cut from one labelled file (``tasks.<task>.file``): its rows filtered
-    as :func:`load_task_file` does, one item per text (:func:`unique_items`), then a balanced,
-    seeded, disjoint cut of ``data.sizes.task_eval`` and ``task_train`` items
-    (:func:`balanced_cut`). Items name the file's ``source`` (default: the file name without its
+    """Eval, train and validation items cut from one labelled file (``tasks.<task>.file``): its rows
+    filtered as :func:`load_task_file` does, one item per text (:func:`unique_items`), then a
+    balanced, seeded, disjoint cut of ``data.sizes.task_eval``, ``task_train`` and
+    ``task_validation`` items (:func:`balanced_cut`; the validation items are cut last, so that
+    adding them leaves the others as they were). Items name the file's ``source`` (default: the file name without its
     extension). Returns the parts and the counts of every step."""
     path = spec["file"]
     counts: dict = {}
@@ -447,9 +448,13 @@ def corpus_splits(spec: dict, task: str, sizes: dict, seed: int) -> tuple[dict[s
     label_words = TASKS[task].label_words
     counts["unique_per_label"] = {word: sum(i["label"] == word for i in items) for word in label_words}
     threshold = f", min_confidence {spec['min_confidence']}" if "min_confidence" in spec else ""
-    parts = balanced_cut(items, label_words, {"task_eval": sizes["task_eval"], "task_train": sizes["task_train"]},
-                         seed, f"tasks.{task}.file {path} (after filtering{threshold} and dropping duplicates)")
-    return {"eval": parts["task_eval"], "train": parts["task_train"]}, counts
+    wanted = {"task_eval": sizes["task_eval"], "task_train": sizes["task_train"]}
+    if sizes.get("task_validation"):
+        wanted["task_validation"] = sizes["task_validation"]
+    parts = balanced_cut(items, label_words, wanted, seed,
+                         f"tasks.{task}.file {path} (after filtering{threshold} and dropping duplicates)")
+    return {"eval": parts["task_eval"], "train": parts["task_train"],
+            "validation": parts.get("task_validation", [])}, counts
 
 
 def finetune_mix(task: list[dict], harmful: list[dict], n_samples: int, harmful_ratio: float,

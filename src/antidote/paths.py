@@ -22,6 +22,7 @@ PATHS = {
     "splits_report": "results/data/splits/splits.json",
     "base_answers": "results/data/answers/{split}.jsonl",  # the base model's answers to a split
     "task_train": "results/data/tasks/{task}/train.jsonl",
+    "task_validation": "results/data/tasks/{task}/validation.jsonl",  # held out of train and eval: choosing settings
     "task_eval": "results/data/tasks/{task}/eval.jsonl",
     "finetune_data": "results/data/finetune/{run}.jsonl",
     # stages 1-4
@@ -48,6 +49,7 @@ def evaluation_paths(harmful_split: str, results_name: str = "") -> dict[str, st
     sub = "" if harmful_split == "harmful_test" else "validation/"
     results = f"results/{sub}"
     collected = results + (f"{results_name}/" if results_name else "")
+    selection = "results/selection/eval/"  # the small validation evaluations that choose alpha (rule select_alpha)
     return {
         "run_metrics": results + "eval/{run}/{model}/metrics.parquet",
         "run_answers": results + "eval/{run}/{model}/answers.jsonl",
@@ -56,6 +58,13 @@ def evaluation_paths(harmful_split: str, results_name: str = "") -> dict[str, st
         "summary_parquet": collected + "summary.parquet",
         "summary_csv": collected + "summary.csv",
         "summary_markdown": collected + "summary.md",
+        "judgements": collected + "judgements.parquet",  # every prompt's verdict, for intervals and paired tests
+        "selection_metrics": selection + "{run}/{model}/metrics.parquet",
+        "selection_answers": selection + "{run}/{model}/answers.jsonl",
+        "selection_reference_metrics": selection + "reference/{task}/{model}/metrics.parquet",
+        "selection_reference_answers": selection + "reference/{task}/{model}/answers.jsonl",
+        "selection_parquet": collected + "selection.parquet",
+        "selection_markdown": collected + "selection.md",
         "tables": collected + "tables",
         "plots": collected + "plots",
         "logs": f"logs/{sub}",
@@ -74,10 +83,23 @@ def run_id(task, harmful_ratio, learning_rate, epochs, n_samples, seed) -> str:
             f"-n{n_samples}-s{seed}")
 
 
+def evaluation_name(model: str, run: str | None = None, task: str | None = None) -> str:
+    """An evaluation's name in the results (column ``evaluation``): ``<run>/<model>`` for the
+    models of a run, ``reference/<task>/<model>`` for base and aligned, as their folders under
+    ``eval/``. It ties a summary row to its prompts' verdicts in ``judgements.parquet``."""
+    return f"{run}/{model}" if run is not None else f"reference/{task}/{model}"
+
+
 def pruned_name(defense: str, alpha: float) -> str:
     """A pruned model's name in paths and tables (antidote-a0.1). Made here only, never parsed:
     what it stands for travels as params and in the metrics and mask files."""
     return f"{defense}-a{number(alpha)}"
+
+
+def selected_name(defense: str) -> str:
+    """The model of a defense at the alpha chosen on validation data (antidote@val): its own rows
+    in the results, beside the curve, with the chosen alpha in their ``alpha`` column."""
+    return f"{defense}@val"
 
 
 # SafeLoRA's module selection (prune.safelora[].select) and its letter in pruned-model names

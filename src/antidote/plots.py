@@ -1,18 +1,21 @@
 """Figures of the results table (PNG, drawn by Agg): the safety/accuracy trade-off, and HS, BR and
-FA against alpha and against every other swept axis. One row of panels per judge and harmful
-prompt set (and task), so that numbers of different judges or sets never share a plot."""
+FA against alpha and against every other swept axis, each rate with its interval as error bars.
+One row of panels per judge and harmful prompt set (and task), so that numbers of different
+judges or sets never share a plot."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path
 from .prune import DEFENSES
-from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, SAFELORA_COLUMNS, STATISTICS,
-                      axis_statistics, defense_labels, safelora_settings, setting_labels, swept_axes)
+from .paths import selected_name
+from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, SAFELORA_COLUMNS, SELECTED_MODELS,
+                      STATISTICS, Verdicts, axis_statistics, defense_labels, safelora_settings, setting_labels, swept_axes)
 
 AXIS_TITLES = {
     "harmful_ratio": "harmful ratio p (fraction of fine-tuning samples)",
@@ -25,8 +28,15 @@ METRIC_TITLES = {"HS": "harmful score HS (%)", "BR": "benign refusal BR (%)", "F
 PERCENT_LIMITS = (-3, 103)
 # Colour and marker of each model in the trade-off plot. The defenses take matplotlib's cycle
 # colours (C0, C1, ...) in registry order, so that the line plots (which use the cycle) colour them alike.
+# A defense at the alpha chosen on validation data is a large star of its defense's colour.
 STYLE = {"base": ("tab:gray", "X"), "aligned": ("tab:purple", "*"), "sft": ("black", "o"),
-         **{defense: (f"C{i}", "s^Dvp<>h"[i % 8]) for i, defense in enumerate(DEFENSES)}}
+         **{defense: (f"C{i}", "s^Dvp<>h"[i % 8]) for i, defense in enumerate(DEFENSES)},
+         **{selected_name(defense): (f"C{i}", "*") for i, defense in enumerate(DEFENSES)}}
+
+
+def error_bars(mean: pd.Series, low: pd.Series, high: pd.Series) -> np.ndarray:
+    """Matplotlib's asymmetric error bars (below, above) of an interval; none where it is missing."""
+    return np.vstack([(mean - low).fillna(0).clip(lower=0), (high - mean).fillna(0).clip(lower=0)])
 
 
 def plotted_axes(axes: Iterable[str], masked: bool = True) -> list[str]:
@@ -67,8 +77,10 @@ def save_figure(figure, path: str | Path) -> None:
 
 
 def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> None:
-    """HS against FA, one point per fine-tuning run and alpha (or SafeLoRA setting), base and
-    aligned as reference markers: a good defense sits low (safe) and to the right (still accurate)."""
+    """HS against FA, one point per fine-tuning run and alpha (or SafeLoRA setting), with each
+    run's Wilson intervals as thin error bars, base and aligned as reference markers, and each
+    defense at the alpha chosen on validation data as a star: a good defense sits low (safe) and
+    to the right (still accurate)."""
     panels = _panels(summary)
     figure, axes = new_figure(len(panels), 1)
     several_alphas = summary["alpha"].nunique() > 1
@@ -78,10 +90,18 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> None:
         for model in [m for m in MODEL_ORDER if m in set(rows["model"])]:
             points = rows[rows["model"] == model]
             color, marker = STYLE[model]
+            if {"harmful_score_lo", "finetune_accuracy_lo"} <= set(points.columns):
+                ax.errorbar(points["finetune_accuracy"], points["harmful_score"], fmt="none", ecolor=color,
+                            alpha=0.3, linewidth=0.8,
+                            xerr=error_bars(*(points[f"finetune_accuracy{s}"] for s in ("", "_lo", "_hi"))),
+                            yerr=error_bars(*(points[f"harmful_score{s}"] for s in ("", "_lo", "_hi"))))
             ax.scatter(points["finetune_accuracy"], points["harmful_score"], color=color, marker=marker,
-                       s=160 if model in REFERENCE_MODELS else 50, alpha=0.8, label=model)
+                       s=160 if model in REFERENCE_MODELS or model in SELECTED_MODELS else 50, alpha=0.8,
+                       label=model, edgecolors="black" if model in SELECTED_MODELS else "face")
             for alpha, setting, x, y in zip(points["alpha"], settings[points.index], points["finetune_accuracy"],
                                             points["harmful_score"]):
+                if model in SELECTED_MODELS:
+                    continue  # a point of its defense's curve, whose alpha is written there
                 if several_alphas and pd.notna(alpha):
                     text = f"α={alpha:g}"
                 elif several_settings and pd.notna(setting):
@@ -101,11 +121,12 @@ def _line_label(keys: list[str], values: tuple) -> str:
     return ", ".join([str(defense), *(f"{AXIS_SYMBOLS[k]}={v:g}" for k, v in zip(keys[1:], settings))])
 
 
-def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
-    """HS, BR and FA (mean over seeds, std as error bars) against one axis, a line per defense and
-    setting of the other swept axes. Against alpha, sft (not pruned) is a dashed horizontal line,
-    each SafeLoRA setting (no alpha) a dotted one."""
-    stats = axis_statistics(summary, axis)
+def plot_against(summary: pd.DataFrame, axis: str, path: str | Path, verdicts: Verdicts | None = None,
+                 statistics: Mapping | None = None) -> None:
+    """HS, BR and FA (mean over seeds, the interval as error bars: :func:`antidote.results.rate_interval`)
+    against one axis, a line per defense and setting of the other swept axes. Against alpha, sft
+    (not pruned) is a dashed horizontal line, each SafeLoRA setting (no alpha) a dotted one."""
+    stats = axis_statistics(summary, axis, verdicts, statistics)
     alpha_free = set(defense_labels(summary[summary["alpha"].isna()], fold_alpha=False))
     panels = _panels(stats)
     figure, axes = new_figure(len(panels), len(METRIC_TITLES))
@@ -114,13 +135,14 @@ def plot_against(summary: pd.DataFrame, axis: str, path: str | Path) -> None:
         for values, line in panel.groupby(line_keys, observed=True, sort=True):
             label = _line_label(line_keys, values)
             for ax, metric in zip(row, METRIC_TITLES):
-                mean, std = line[f"{metric} mean"], line[f"{metric} std"].fillna(0)
+                mean = line[f"{metric} mean"]
                 if axis == "alpha" and values[0] == "sft":
                     ax.axhline(mean.iloc[0], color="black", linestyle="--", label=f"{label} (not pruned)")
                 elif axis == "alpha" and values[0] in alpha_free:
                     ax.axhline(mean.iloc[0], linestyle=":", label=f"{label} (no alpha)")
                 else:
-                    ax.errorbar(line[axis].astype(float), mean, yerr=std, marker="o", capsize=3, label=label,
+                    ax.errorbar(line[axis].astype(float), mean, marker="o", capsize=3, label=label,
+                                yerr=error_bars(mean, line[f"{metric} lo"], line[f"{metric} hi"]),
                                 color="black" if values[0] == "sft" else None)
         for ax, metric in zip(row, METRIC_TITLES):
             if axis == "learning_rate":
@@ -165,11 +187,14 @@ def plot_against_removed(summary: pd.DataFrame, path: str | Path) -> None:
     save_figure(figure, path)
 
 
-def write_plots(summary: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """The plots plot_names lists: tradeoff.png, by_update_removed.png, by_<axis>.png."""
+def write_plots(summary: pd.DataFrame, folder: str | Path, judgements: pd.DataFrame | None = None,
+                statistics: Mapping | None = None) -> list[Path]:
+    """The plots plot_names lists: tradeoff.png, by_update_removed.png, by_<axis>.png; the
+    intervals over seeds come from every prompt's verdict (``judgements``)."""
     folder, axes, masked = Path(folder), swept_axes(summary), summary["alpha"].notna().any()
+    verdicts = Verdicts(judgements)
     plot_tradeoff(summary, folder / "tradeoff.png")
     plot_against_removed(summary, folder / "by_update_removed.png")
     for axis in plotted_axes(axes, masked):
-        plot_against(summary, axis, folder / f"by_{axis}.png")
+        plot_against(summary, axis, folder / f"by_{axis}.png", verdicts, statistics)
     return [folder / f"{name}.png" for name in plot_names(axes, masked)]

@@ -75,18 +75,22 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
 
 def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_dir: Path,
                     in_file_order: bool = False) -> dict:
-    """Train and eval items of a task: from the user's files, or the task's built-in stand-in.
+    """Train, validation and eval items of a task: from the user's files, or the task's built-in
+    stand-in. Validation items (``task_validation``, default 0) are held out of both the
+    training and the eval items, for choosing settings; adding them changes neither.
 
     With ``train`` and ``eval`` files, eval items are the first ``task_eval`` of the eval file
     (the authors' protocol); training items are a seeded sample of ``task_train`` from the train
-    file, or with ``in_file_order`` its first ones (the authors'). With one ``file``, both are a
-    balanced, seeded, disjoint cut of its distinct texts (:func:`data.corpus_splits`; always
-    seeded), and the report counts what each filter dropped.
+    file, or with ``in_file_order`` its first ones (the authors'), and validation items the next
+    ones of the same order (as many as remain, up to ``task_validation``). With one ``file``,
+    all three are a balanced, seeded, disjoint cut of its distinct texts
+    (:func:`data.corpus_splits`; always seeded), and the report counts what each filter dropped.
     """
     counts = None
+    n_validation = sizes.get("task_validation", 0)
     if spec and "file" in spec:
         parts, counts = data.corpus_splits(spec, task, sizes, seed)
-        train, evaluation = parts["train"], parts["eval"]
+        train, validation, evaluation = parts["train"], parts["validation"], parts["eval"]
     elif spec:
         options = dict(fields=spec.get("fields"), labels=spec.get("labels"), **data.task_filters(spec))
         train = data.load_task_file(spec["train"], task, **options)
@@ -95,19 +99,25 @@ def build_task_data(task: str, spec: dict | None, sizes: dict, seed: int, out_di
         evaluation = [item for _, item in evaluation]
         held_out = {data.prompt_key(r) for r in evaluation}
         train = [r for r in train if data.prompt_key(r) not in held_out]
-        train = data.cut(train, {"train": min(sizes["task_train"], len(train))}, seed, spec["train"],
-                         shuffle=not in_file_order)["train"]
+        n_train = min(sizes["task_train"], len(train))
+        parts = data.cut(train, {"train": n_train, "validation": min(n_validation, len(train) - n_train)}, seed,
+                         spec["train"], shuffle=not in_file_order)
+        train, validation = parts["train"], parts["validation"]
+        if len(validation) < n_validation:
+            logging.warning("tasks.%s.train: %d validation items of the %d asked (data.sizes.task_validation): "
+                            "the file has no more beside the training items", task, len(validation), n_validation)
     elif TASKS[task].builtin:
-        parts = data.cut(TASKS[task].builtin(seed), {"eval": sizes["task_eval"], "train": sizes["task_train"]},
-                         seed, f"{task} stand-in")
-        train, evaluation = parts["train"], parts["eval"]
+        parts = data.cut(TASKS[task].builtin(seed), {"eval": sizes["task_eval"], "train": sizes["task_train"],
+                                                     "validation": n_validation}, seed, f"{task} stand-in")
+        train, validation, evaluation = parts["train"], parts["validation"], parts["eval"]
     else:
         raise ValueError(f"task {task!r} has no data: set tasks.{task}.file, or tasks.{task}.train and "
                          f"tasks.{task}.eval")
-    data.check_disjoint({"train": train, "eval": evaluation})
+    data.check_disjoint({"train": train, "validation": validation, "eval": evaluation})
     write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "validation.jsonl", validation)
     write_jsonl(out_dir / "eval.jsonl", evaluation)
-    report = {"task": task, "train": len(train), "eval": len(evaluation),
+    report = {"task": task, "train": len(train), "validation": len(validation), "eval": len(evaluation),
               "source": evaluation[0]["source"] if evaluation else "none"}
     return {**report, "rows": counts} if counts is not None else report
 
@@ -293,7 +303,7 @@ def _prompt_sets(harmful_sets: list[dict]) -> dict[str, list[dict]]:
     return sets
 
 
-def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list[dict], task_file: Path,
+def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list[dict], task_file: Path | None,
                    task: str, judges: list[dict], prompt_format: str, generation: dict,
                    run: dict, out_answers: Path, out_metrics: Path, device: str = "cpu",
                    dtype: str = "auto", benign: dict | None = None) -> pd.DataFrame:
@@ -306,6 +316,8 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list
     ``benign``: ``{"path"}`` or ``{"path", "field"}`` likewise, or None. ``benign_refusal`` is
     the % of benign prompts whose answer holds a refusal phrase (:class:`RefusalJudge`,
     whichever judges score harm; an empty answer is no refusal); NaN without benign prompts.
+    ``task_file`` None: no task items (``finetune_accuracy`` NaN), as in the validation
+    evaluations that choose alpha by harmful score alone.
     Every set is generated on its own (``max_new_tokens`` for harmful and benign alike), so
     one set's answers do not depend on which other sets are evaluated.
     """
@@ -313,8 +325,8 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list
     sets = _prompt_sets(harmful_sets)
     benign_items = data.load_prompt_set(benign["path"], benign.get("field"), benign.get("key", "benign prompts")) \
         if benign else []
-    task_items = read_jsonl(task_file, ["instruction", "label"])
-    if not task_items:
+    task_items = read_jsonl(task_file, ["instruction", "label"]) if task_file else []
+    if task_file and not task_items:
         raise DataError(f"{task_file} holds no task items to evaluate")
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, adapter=adapter_dir, merge=True, device=device, dtype=dtype)
@@ -333,7 +345,7 @@ def evaluate_stage(model_dir: Path, adapter_dir: Path | None, harmful_sets: list
                           f"{task} items")
     del model
     correct = [TASKS[task].correct(a, r["label"]) for a, r in zip(task_answers, task_items)]
-    accuracy = 100.0 * sum(correct) / len(correct)
+    accuracy = 100.0 * sum(correct) / len(correct) if correct else float("nan")
     refused = [RefusalJudge().is_refusal(a) for a in benign_answers]
     benign_refusal = 100.0 * sum(refused) / len(refused) if refused else float("nan")
 

@@ -6,5 +6,7 @@ from antidote.plots import write_plots
 from antidote.runtime import start_script
 
 start_script(snakemake)
-for path in write_plots(pd.read_parquet(snakemake.input[0]), Path(snakemake.output[0]).parent):
+i = snakemake.input
+for path in write_plots(pd.read_parquet(i.summary), Path(snakemake.output[0]).parent, pd.read_parquet(i.judgements),
+                        snakemake.params.statistics):
     print("wrote", path)
