@@ -27,6 +27,9 @@ def test_margin_picks_the_smallest_alpha_within_the_margin_of_the_aligned_model(
     assert decision["eligible"].tolist() == [False, False, True, True] and decision["met"].all()
     assert (decision["threshold"] == 24).all()  # the bound itself qualifies
     assert chosen(choose_alpha(points, 19, {"criterion": "margin", "margin": 25})) == 0.05
+    # 20 of 60 prompts is within 5 points of 17 of 60, however the percentages round
+    at_bound = choose_alpha(curve((0.1, 100 * 20 / 60, 0), (0.2, 10, 0)), 100 * 17 / 60, MARGIN)
+    assert chosen(at_bound) == 0.1 and at_bound["met"].all()
     # never below: the aligned level is a ceiling, not a target
     assert chosen(choose_alpha(curve((0.05, 2, 50), (0.1, 1, 10)), 19, MARGIN)) == 0.05
 

@@ -31,7 +31,8 @@ from test_workflow import REPO, make_tiny_project, planned_jobs
 
 CLUSTER_SH = REPO / "tests/slurm/cluster.sh"
 PROFILE = yaml.safe_load((REPO / "slurm/config.yaml").read_text())
-GPU_RULES = {"base_answers", "align", "finetune", "score", "evaluate", "evaluate_reference"}
+GPU_RULES = {"base_answers", "align", "finetune", "score", "evaluate", "evaluate_reference", "evaluate_for_selection",
+             "evaluate_reference_for_selection"}
 CPU_RULES = {"data_splits", "finetune_data", "task_data", "prune", "safelora"}
 # `all` only gathers targets and runs on the submit host, as do the rules named in `localrules:`
 LOCAL_RULES = {"all"} | {name for path in [REPO / "Snakefile", *REPO.glob("rules/*.smk")]
@@ -193,7 +194,7 @@ def test_slurm_result_equals_the_local_result(runs):
         mine, theirs = load_file(slurm / f), load_file(local / f)
         assert all(torch.allclose(mine[k], theirs[k], rtol=1e-5, atol=0) for k in theirs), f
     masks = sorted(p.relative_to(local) for p in (local / "results/prune").rglob("mask.parquet"))
-    assert len(masks) == 5 and all((slurm / f).read_bytes() == (local / f).read_bytes() for f in masks)
+    assert len(masks) == 6 and all((slurm / f).read_bytes() == (local / f).read_bytes() for f in masks)
 
 
 def test_a_failing_job_is_retried_with_more_memory_and_reported_with_its_logs(runs):

@@ -1,5 +1,6 @@
 """The whole DAG through Snakemake on a tiny config; lint and dry run on the default config."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from tiny_assets import write_tiny_sources
 
 REPO = Path(__file__).resolve().parents[1]
 MASKING = ["antidote", "antidote-benign", "antidote-setdiff", "random", "magnitude"]  # the tiny config's, with SafeLoRA
+SELECTED = ["antidote@val", "antidote-benign@val"]  # prune.select.defenses of the tiny config
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
@@ -72,14 +74,21 @@ def test_tiny_summary_has_every_expected_row(tiny_run):
         "harmful_test": [6], "mine": [3]}
     assert (summary["n_benign_prompts"] == 3).all()
     assert (summary.groupby("model")["benign_refusal"].nunique() == 1).all()  # whatever the judge and set
-    # every model under each of the three judges on both sets; the model judges' verdicts are fixed (conftest)
+    # every model under each of the three judges on both sets (Antidote at its two alphas, and with
+    # antidote-benign at the alpha chosen on validation data); the model judges' verdicts are fixed (conftest)
     assert summary.groupby(["judge", "harmful_set"])["model"].apply(sorted).to_dict() == {
-        (judge, harmful_set): sorted(["base", "aligned", "sft", *MASKING, "safelora"])
+        (judge, harmful_set): sorted(["base", "aligned", "sft", *MASKING, "antidote", "safelora", *SELECTED])
         for judge in ["refusal", "moderation:tiny-beaver@0.4", "guard:tiny-guard"] for harmful_set in ["harmful_test", "mine"]}
     by_judge = summary.set_index("judge")["harmful_score"]
     assert (by_judge["moderation:tiny-beaver@0.4"] == 100).all() and (by_judge["guard:tiny-guard"] == 0).all()
     pruned = summary[summary["model"].isin(MASKING)]
-    assert (pruned["alpha"] == 0.25).all() and (pruned["harmful_ratio"] == 0.25).all()
+    assert set(pruned.groupby("model")["alpha"].unique().map(tuple)) == {(0.1, 0.25), (0.25,)}
+    assert (pruned["harmful_ratio"] == 0.25).all()
+    # every rate with its Wilson interval over its prompts
+    for rate, count in [("harmful_score", "n_test_prompts"), ("benign_refusal", "n_benign_prompts"),
+                        ("finetune_accuracy", "n_task_items")]:
+        assert (summary[f"{rate}_lo"] <= summary[rate]).all() and (summary[rate] <= summary[f"{rate}_hi"]).all()
+        assert (summary[f"{rate}_hi"] - summary[f"{rate}_lo"] > 0).all()
     assert pruned["safelora_select"].isna().all()
     # SafeLoRA has no alpha; its setting is in its own columns
     safelora = summary[summary["model"] == "safelora"]
@@ -101,8 +110,9 @@ def test_tiny_run_writes_the_main_table_and_the_plots(tiny_run):
     folder, _, _ = tiny_run
     main = (folder / "results/tables/main.md").read_text()
     assert main.startswith("| judge | harmful_set | n_test_prompts | task_data | task | defense |")
-    assert "| refusal | harmful_test | 6 | stand-in | sst2 | antidote |" in main
-    assert "| refusal | mine | 3 | stand-in | sst2 | antidote |" in main
+    assert "| refusal | harmful_test | 6 | stand-in | sst2 | antidote-a0.1 |" in main
+    assert "| refusal | mine | 3 | stand-in | sst2 | antidote-a0.25 |" in main
+    assert "| refusal | mine | 3 | stand-in | sst2 | antidote@val |" in main
     assert sorted(p.name for p in (folder / "results/plots").iterdir()) == [
         "by_alpha.png", "by_update_removed.png", "mask_density.png", "tradeoff.png"]
     overlap = pd.read_csv(folder / "results/tables/mask_overlap.csv")
@@ -200,12 +210,16 @@ def overlay(folder: Path, text: str) -> tuple[str, ...]:
     return ("--configfile", "config/config.yaml", "overlay.yaml")
 
 
-AFTER = {"collect": 1, "tables": 1, "plots": 1, "mask_stats": 1, "all": 1}  # every change ends with these
-# a fine-tuning run's pruned models: 5 masking defenses (rule prune) and SafeLoRA (rule safelora)
-PRUNED_JOBS = {"prune": 5, "safelora": 1, "evaluate": 7}
+AFTER = {"collect": 1, "tables": 1, "paired": 1, "plots": 1, "mask_stats": 1, "all": 1}  # every change ends with these
+# a fine-tuning run's pruned models: 5 masking defenses, Antidote at two alphas (rule prune), and
+# SafeLoRA (rule safelora); the alpha of antidote and antidote-benign chosen on validation data
+PRUNED_JOBS = {"prune": 6, "safelora": 1, "evaluate": 8}
+SELECTION_JOBS = {"evaluate_for_selection": 3, "select_alpha": 1}
 RERUN_PLANS = {
-    # adding an alpha reruns only pruning, evaluation and collection (not SafeLoRA: it has no alpha)
-    "alpha": ("prune: {alpha: [0.25, 0.5]}\n", {"prune": 5, "evaluate": 5, **AFTER}),
+    # adding an alpha reruns only pruning, evaluation and collection (not SafeLoRA: it has no alpha;
+    # not Antidote, whose alphas are its own), and the choice of antidote-benign's alpha on its new curve
+    "alpha": ("prune: {alpha: [0.25, 0.5]}\n",
+              {"prune": 4, "evaluate": 4, "evaluate_for_selection": 1, "select_alpha": 1, **AFTER}),
     # a SafeLoRA setting more reruns SafeLoRA alone (and no mask statistics: it masks nothing)
     "safelora": ("prune: {safelora: [{select: count, value: 2}, {select: threshold, value: 0.5}]}\n",
                  {"safelora": 1, "evaluate": 1, **{k: v for k, v in AFTER.items() if k != "mask_stats"}}),
@@ -213,14 +227,22 @@ RERUN_PLANS = {
     "setdiff_beta": ("prune: {setdiff_beta: 0.5}\n", {"prune": 1, "evaluate": 1, **AFTER}),
     # a new learning rate reruns fine-tuning onwards, but not alignment
     "learning_rate": ("finetune: {learning_rate: [0.01]}\n",
-                      {"finetune_data": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, **AFTER}),
+                      {"finetune_data": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, **SELECTION_JOBS, **AFTER}),
     # more task evaluation items rerun the task data onwards, but neither the splits nor alignment
+    # (nor the aligned model's validation evaluation, which reads no task item)
     "task_eval": ("data: {sizes: {task_eval: 7}}\n",
                   {"task_data": 1, "finetune_data": 1, "finetune": 1, "score": 2, **PRUNED_JOBS,
-                   "evaluate_reference": 2, **AFTER}),
+                   "evaluate_reference": 2, **SELECTION_JOBS, **AFTER}),
     # changed alignment settings rerun alignment and everything after it
     "alignment": ("align: {train: {epochs: 2, learning_rate: 0.002}}\n",
-                  {"align": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, "evaluate_reference": 1, **AFTER}),
+                  {"align": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, "evaluate_reference": 1, **SELECTION_JOBS,
+                   "evaluate_reference_for_selection": 1, **AFTER}),
+    # another margin chooses again from the same validation evaluations
+    "select_margin": ("prune: {select: {margin: 10}}\n", {"select_alpha": 1, **AFTER}),
+    # the accuracy criterion reads the task's validation items: the curve is evaluated on them too
+    "select_accuracy": ("prune: {select: {criterion: accuracy, max_hs: 50}}\n",
+                        {"evaluate_for_selection": 3, "evaluate_reference_for_selection": 1, "select_alpha": 1,
+                         **AFTER}),
 }
 
 
@@ -241,8 +263,8 @@ def test_editing_a_stage_script_reruns_that_stage_and_what_follows(tiny_run):
     finally:  # content and time both, as Snakemake caches sources by modification time
         script.write_text(original)
         os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    # both calibration sets, and the three defenses that read them
-    assert plan == {"score": 2, "prune": 3, "evaluate": 3, **AFTER}
+    # both calibration sets, and the three defenses that read them (Antidote at two alphas)
+    assert plan == {"score": 2, "prune": 4, "evaluate": 4, **SELECTION_JOBS, **AFTER}
 
 
 def test_default_config_lints_and_dry_runs(tmp_path):
@@ -263,7 +285,8 @@ def test_default_config_lints_and_dry_runs(tmp_path):
 def test_evaluating_on_the_validation_prompts_writes_apart_and_reruns_nothing_upstream(tiny_run):
     folder, _, _ = tiny_run
     args = overlay(folder, "evaluate: {harmful_split: harmful_validation}\n")
-    assert planned_jobs(folder, *args) == {"evaluate": 7, "evaluate_reference": 2, **AFTER}
+    # (the validation evaluations that choose alpha are the same; their choice is collected again, apart)
+    assert planned_jobs(folder, *args) == {"evaluate": 8, "evaluate_reference": 2, "select_alpha": 1, **AFTER}
     summary = snakemake("--summary", *args, cwd=folder).stdout
     assert "results/validation/eval/reference/sst2/base/metrics.parquet" in summary
     assert "results/validation/summary.parquet" in summary
@@ -275,8 +298,9 @@ def test_users_prompt_files_are_inputs_of_every_evaluation_and_a_missing_one_sto
     args = overlay(folder, "evaluate: {benign_prompts: {path: tiny/benign.txt}}\n")
     dry = snakemake("-n", *args, cwd=folder)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    jobs = [job for job in (dry.stdout + dry.stderr).split("\nrule ")[1:] if job.startswith("evaluate")]
-    assert len(jobs) == 9
+    jobs = [job for job in (dry.stdout + dry.stderr).split("\nrule ")[1:]
+            if job.split(":")[0] in ("evaluate", "evaluate_reference")]
+    assert len(jobs) == 10
     for job in jobs:
         inputs = job.split("input: ")[1].splitlines()[0].split(", ")
         assert {"tiny/my_harmful.csv", "tiny/benign.txt", "results/data/splits/harmful_test.jsonl"} <= set(inputs)
@@ -304,7 +328,7 @@ def test_beavertails_source_with_own_test_prompts_takes_answers_from_the_data(tm
                            "               task_train: 16, task_eval: 8}}\n")
     plan = planned_jobs(folder, *args)
     assert "base_answers" not in plan  # no benign alignment split, and the harmful answers are BeaverTails'
-    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] + plan["evaluate_reference"] == 9
+    assert plan["data_splits"] == 1 and plan["align"] == 1 and plan["evaluate"] + plan["evaluate_reference"] == 10
     made = snakemake("results/data/finetune/sst2-p0.25-lr0.001-ep1-n8-s0.jsonl", "--cores", "1", "--quiet", "rules",
                      *args, cwd=folder)
     assert made.returncode == 0, made.stderr[-3000:]
@@ -325,9 +349,9 @@ def test_paper_config_dry_runs_the_whole_dag_and_a_real_run_stops_before_any_job
     # 3 tasks, one run each; 4 defenses at one alpha (2 calibration sets); base + aligned per task,
     # sft + 4 pruned per run
     assert plan == {"data_splits": 1, "task_data": 3, "align": 1, "finetune_data": 3, "finetune": 3, "score": 6,
-                    "prune": 12, "evaluate": 15, "evaluate_reference": 6, "collect": 1, "tables": 1, "plots": 1,
-                    "mask_stats": 1, "all": 1}
-    assert sum(plan.values()) == 55
+                    "prune": 12, "evaluate": 15, "evaluate_reference": 6, "collect": 1, "tables": 1, "paired": 1,
+                    "plots": 1, "mask_stats": 1, "all": 1}
+    assert sum(plan.values()) == 56
     real = snakemake(*where, "--cores", "1")
     assert real.returncode != 0
     assert "Stopped before any job" in real.stdout + real.stderr
@@ -364,7 +388,56 @@ def test_study_config_plans_its_sweep_and_collects_into_its_own_folder(tmp_path)
     plan = job_counts(output)
     # 3 seeds; 5 masking defenses at 5 alphas each (2 calibration sets per run) and 4 SafeLoRA settings;
     # sft + 29 defended models per run
-    assert {rule: plan[rule] for rule in ["finetune", "score", "prune", "safelora", "evaluate",
-                                          "evaluate_reference"]} == {
-        "finetune": 3, "score": 6, "prune": 75, "safelora": 12, "evaluate": 90, "evaluate_reference": 2}
+    # and every masking defense's alpha chosen per seed on the validation prompts: 75 small evaluations
+    assert {rule: plan[rule] for rule in ["finetune", "score", "prune", "safelora", "evaluate", "evaluate_reference",
+                                          "evaluate_for_selection", "evaluate_reference_for_selection",
+                                          "select_alpha"]} == {
+        "finetune": 3, "score": 6, "prune": 75, "safelora": 12, "evaluate": 90, "evaluate_reference": 2,
+        "evaluate_for_selection": 75, "evaluate_reference_for_selection": 1, "select_alpha": 1}
     assert "results/study/summary.parquet" in output and "output: results/summary.parquet" not in output
+
+
+def test_tiny_run_compares_on_the_pairs_and_chooses_alpha_on_validation_data(tiny_run):
+    folder, _, _ = tiny_run
+    selection = pd.read_parquet(folder / "results/selection.parquet")
+    assert sorted(selection[["defense", "alpha"]].itertuples(index=False, name=None)) == [
+        ("antidote", 0.1), ("antidote", 0.25), ("antidote-benign", 0.25)]
+    assert selection.groupby("defense")["chosen"].sum().to_dict() == {"antidote": 1, "antidote-benign": 1}
+    assert (selection["n_validation_prompts"] == 4).all()  # the harmful_validation split, by the refusal judge
+    assert (selection["judge"] == "refusal").all() and (selection["criterion"] == "margin").all()
+    summary = pd.read_parquet(folder / "results/summary.parquet")
+    chosen = selection[selection["chosen"] & (selection["defense"] == "antidote")]["alpha"].item()
+    at_val = summary[summary["model"] == "antidote@val"].drop(columns="model").reset_index(drop=True)
+    curve = summary[(summary["model"] == "antidote") & (summary["alpha"] == chosen)].drop(columns="model")
+    pd.testing.assert_frame_equal(at_val, curve.reset_index(drop=True))  # the test numbers of the chosen point
+    paired = pd.read_csv(folder / "results/tables/paired.csv")
+    against = paired.groupby("defense")["against"].apply(set).to_dict()
+    assert against["antidote-a0.25"] == {"sft", "aligned", "antidote-benign-a0.25", "antidote-setdiff-a0.25"}
+    assert against["antidote@val"] == {"sft", "aligned", "antidote-benign@val"}
+    assert against["sft"] == {"aligned"} and against["safelora-k2"] == {"sft", "aligned"}
+    assert set(paired["metric"]) == {"harmful_score", "benign_refusal", "finetune_accuracy"}
+    assert paired["p_value"].between(0, 1).all() and (paired["lo"] <= paired["difference"]).all()
+    verdicts = pd.read_parquet(folder / "results/judgements.parquet")
+    assert set(verdicts["evaluation"]) == set(summary["evaluation"])
+
+
+def test_the_choice_of_alpha_never_reads_a_test_answer(tiny_run, tmp_path):
+    """select_alpha's inputs are validation evaluations only; test answers and metrics turned upside
+    down leave its choice as it was."""
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], folder, symlinks=True)
+    dry = snakemake("-n", "-f", "results/selection.parquet", cwd=folder)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    job = (dry.stdout + dry.stderr).split("rule select_alpha:")[1]
+    inputs = job.split("input: ")[1].splitlines()[0].split(", ")
+    assert len(inputs) == 4 and all(path.startswith("results/selection/eval/") for path in inputs)
+    before = pd.read_parquet(folder / "results/selection.parquet")
+    for evaluation in (folder / "results/eval").glob("*/antidote*"):
+        metrics = pd.read_parquet(evaluation / "metrics.parquet")
+        metrics.assign(harmful_score=100 - metrics["harmful_score"]).to_parquet(evaluation / "metrics.parquet")
+        answers = read_jsonl(evaluation / "answers.jsonl")
+        (evaluation / "answers.jsonl").write_text("".join(
+            json.dumps({k: (not v if k.startswith("harmful[") else v) for k, v in a.items()}) + "\n" for a in answers))
+    again = snakemake("-f", "results/selection.parquet", "--cores", "1", cwd=folder)
+    assert again.returncode == 0, again.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / "results/selection.parquet"), before)

@@ -60,7 +60,9 @@ def choose_alpha(curve: pd.DataFrame, aligned_harmful_score: float, select: Mapp
         ranking = ["_minus_accuracy", "harmful_score", "alpha"]
     else:
         raise ValueError(f"unknown criterion {criterion!r}: margin or accuracy")
-    eligible = curve["harmful_score"] <= threshold
+    # rates are shares of prompts: 17 of 60 prompts plus a 5-point margin (3 prompts) must admit
+    # 20 of 60, whatever the last bits of the two floating-point percentages
+    eligible = curve["harmful_score"] <= threshold + 1e-9
     met = bool(eligible.any())
     candidates = curve[eligible].sort_values(ranking) if met else curve.sort_values(["harmful_score", "alpha"])
     chosen = curve.index == candidates.index[0]
