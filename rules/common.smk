@@ -276,9 +276,16 @@ def get_summary_row(wildcards):
     return dict(model=pruned["defense"], update_removed=0.0, **settings, **run_settings(wildcards.run))
 
 
+# How evaluations generate (not which prompts or judges: those are params of their own), so that a
+# key of evaluate that one evaluation does not read reruns none of its jobs
+GENERATION = {key: config["evaluate"][key] for key in ("batch_size", "max_new_tokens", "task_max_new_tokens")
+              if key in config["evaluate"]}
+
+
 def evaluation_params(sets, benign, judges):
-    """The params of an evaluation job: what it answers (harmful sets, benign prompts) and who judges."""
-    return dict(row=get_summary_row, harmful_sets=sets, benign=benign, judges=judges, generation=config["evaluate"],
+    """The params of an evaluation job: what it answers (harmful sets, benign prompts), who judges
+    and how it generates."""
+    return dict(row=get_summary_row, harmful_sets=sets, benign=benign, judges=judges, generation=GENERATION,
                 prompt_format=config["prompt_format"], dtype=config["dtype"], device=config["device"])
 
 

@@ -121,6 +121,20 @@ BAD = [
     ("prune.setdiff_beta", "alpha", ["'alpha' is not of type 'number', 'null'"]),
     ("prune", {"alpha": [0.1], "defenses": ["antidote", "safelora"], "alpha_by_defense": {"safelora": [0.1]}},
      ["prune.alpha_by_defense.safelora: SafeLoRA has no alpha; its setting is prune.safelora"]),
+    ("prune.select", {"criterion": "best"}, ["'best' is not one of ['margin', 'accuracy']"]),
+    ("prune.select", {"margin": -5}, ["-5 is less than the minimum of 0", "margin"]),
+    ("prune.select", {"criterion": "accuracy"},
+     ["prune.select.criterion: 'accuracy' needs prune.select.max_hs, the highest validation harmful score allowed"]),
+    ("prune.select", {"defenses": ["wanda"]},
+     ["prune.select.defenses[0]: 'wanda' is not one of prune.defenses ['antidote', 'antidote-benign', 'random', "
+      "'magnitude']"]),
+    ("prune", {"alpha": [0.1, 0.2], "defenses": ["antidote", "safelora"], "select": {"defenses": ["safelora"]}},
+     ["prune.select.defenses[0]: 'safelora' has no alpha to choose"]),
+    ("data.sizes.harmful_validation", 0,
+     ["prune.select: choosing alpha needs validation prompts, but data.sizes.harmful_validation is 0"]),
+    ("data.sizes.task_validation", -1, ["-1 is less than the minimum of 0", "task_validation"]),
+    ("statistics", {"confidence": 95}, ["95 is greater than or equal to the maximum of 1", "confidence"]),
+    ("statistics", {"resamples": 10}, ["10 is less than the minimum of 100", "resamples"]),
 ]
 
 
@@ -129,6 +143,28 @@ def test_validation_split_needs_validation_prompts():
     check(copy.deepcopy(config))
     config["data"]["sizes"]["harmful_validation"] = 0
     with pytest.raises(Exception, match="evaluate.harmful_split: 'harmful_validation' but data.sizes.harmful_validation is 0"):
+        check(config)
+
+
+def test_validation_data_is_needed_only_where_something_is_chosen_on_it():
+    # the accuracy criterion reads the task's validation items, the margin criterion does not
+    config = changed("prune.select", {"criterion": "accuracy", "max_hs": 20})
+    check(copy.deepcopy(config))
+    config["data"]["sizes"]["task_validation"] = 0
+    with pytest.raises(Exception, match="'accuracy' needs validation task items, but data.sizes.task_validation is 0"):
+        check(copy.deepcopy(config))
+    check(changed("data.sizes.task_validation", 0))
+    # nothing chosen (no curve, or the selection turned off): no validation prompts needed
+    quiet = changed("prune.select", {"defenses": []})
+    quiet["data"]["sizes"]["harmful_validation"] = 0
+    check(quiet)
+    single = changed("prune.alpha_by_defense", {})
+    single["data"]["sizes"]["harmful_validation"] = 0
+    check(single)
+    # evaluating everything on the validation split scores the task's validation items
+    config = changed("evaluate.harmful_split", "harmful_validation")
+    config["data"]["sizes"]["task_validation"] = 0
+    with pytest.raises(Exception, match="'harmful_validation' but data.sizes.task_validation is 0"):
         check(config)
 
 

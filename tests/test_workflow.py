@@ -214,6 +214,7 @@ AFTER = {"collect": 1, "tables": 1, "paired": 1, "plots": 1, "mask_stats": 1, "a
 # a fine-tuning run's pruned models: 5 masking defenses, Antidote at two alphas (rule prune), and
 # SafeLoRA (rule safelora); the alpha of antidote and antidote-benign chosen on validation data
 PRUNED_JOBS = {"prune": 6, "safelora": 1, "evaluate": 8}
+RESULTS_ONLY = {rule: n for rule, n in AFTER.items() if rule != "mask_stats"}  # no mask changed
 SELECTION_JOBS = {"evaluate_for_selection": 3, "select_alpha": 1}
 RERUN_PLANS = {
     # adding an alpha reruns only pruning, evaluation and collection (not SafeLoRA: it has no alpha;
@@ -222,7 +223,7 @@ RERUN_PLANS = {
               {"prune": 4, "evaluate": 4, "evaluate_for_selection": 1, "select_alpha": 1, **AFTER}),
     # a SafeLoRA setting more reruns SafeLoRA alone (and no mask statistics: it masks nothing)
     "safelora": ("prune: {safelora: [{select: count, value: 2}, {select: threshold, value: 0.5}]}\n",
-                 {"safelora": 1, "evaluate": 1, **{k: v for k, v in AFTER.items() if k != "mask_stats"}}),
+                 {"safelora": 1, "evaluate": 1, **RESULTS_ONLY}),
     # antidote-setdiff's beta reruns that defense alone
     "setdiff_beta": ("prune: {setdiff_beta: 0.5}\n", {"prune": 1, "evaluate": 1, **AFTER}),
     # a new learning rate reruns fine-tuning onwards, but not alignment
@@ -237,12 +238,12 @@ RERUN_PLANS = {
     "alignment": ("align: {train: {epochs: 2, learning_rate: 0.002}}\n",
                   {"align": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, "evaluate_reference": 1, **SELECTION_JOBS,
                    "evaluate_reference_for_selection": 1, **AFTER}),
-    # another margin chooses again from the same validation evaluations
-    "select_margin": ("prune: {select: {margin: 10}}\n", {"select_alpha": 1, **AFTER}),
+    # another margin chooses again from the same validation evaluations (and masks nothing anew)
+    "select_margin": ("prune: {select: {margin: 10}}\n", {"select_alpha": 1, **RESULTS_ONLY}),
     # the accuracy criterion reads the task's validation items: the curve is evaluated on them too
     "select_accuracy": ("prune: {select: {criterion: accuracy, max_hs: 50}}\n",
                         {"evaluate_for_selection": 3, "evaluate_reference_for_selection": 1, "select_alpha": 1,
-                         **AFTER}),
+                         **RESULTS_ONLY}),
 }
 
 
