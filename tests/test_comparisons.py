@@ -162,3 +162,37 @@ def test_a_model_at_the_alpha_chosen_on_validation_data_is_compared_as_its_own_d
                            "difference | discordant | p | p (Holm) |")
     assert f"| HS | refusal | {PROMPTS} | stand-in | sst2 | antidote@val | antidote-benign@val | 1 | " in text
     assert pd.read_csv(tmp_path / "paired.csv").shape == table.shape
+
+
+def test_the_command_line_collects_and_compares_without_snakemake(tmp_path):
+    from antidote.cli import main
+    from antidote.records import write_jsonl
+    from antidote.results import COLUMNS as SUMMARY_COLUMNS
+
+    summary, judgements = world(seeds=(0,))
+    metrics = []
+    for name, rows in summary.groupby("evaluation"):
+        folder = tmp_path / "eval" / name
+        folder.mkdir(parents=True)
+        rows.drop(columns="evaluation").to_parquet(folder / "metrics.parquet")
+        verdicts = judgements[judgements["evaluation"] == name]
+        write_jsonl(folder / "answers.jsonl",
+                    [{"kind": "harmful", "set": "harmful_test", "prompt": p, "answer": "", "harmful[refusal]": o}
+                     for p, o in verdicts[verdicts["metric"] == "harmful_score"][["prompt", "outcome"]].values]
+                    + [{"kind": "benign", "prompt": p, "answer": "", "refused": o}
+                       for p, o in verdicts[verdicts["metric"] == "benign_refusal"][["prompt", "outcome"]].values]
+                    + [{"kind": "task", "prompt": p, "answer": "", "label": "positive", "correct": o}
+                       for p, o in verdicts[verdicts["metric"] == "finetune_accuracy"][["prompt", "outcome"]].values])
+        metrics.append(str(folder / "metrics.parquet"))
+    assert main(["collect", *metrics, "--out", str(tmp_path / "summary")]) in (0, None)
+    collected = pd.read_parquet(tmp_path / "summary.parquet")
+    assert list(collected.columns) == SUMMARY_COLUMNS and (tmp_path / "judgements.parquet").exists()
+    assert main(["paired", str(tmp_path / "summary.parquet"), "--out", str(tmp_path / "paired")]) in (0, None)
+    table = pd.read_csv(tmp_path / "paired.csv")
+    row = table[(table["metric"] == "harmful_score") & (table["defense"] == "antidote-a0.1")
+                & (table["against"] == "antidote-benign-a0.1")]
+    expected = paired_table(summary, judgements)
+    expected = expected[(expected["metric"] == "harmful_score") & (expected["defense"] == "antidote-a0.1")
+                        & (expected["against"] == "antidote-benign-a0.1")]
+    assert row["p_value"].item() == pytest.approx(expected["p_value"].item())
+    assert row["difference"].item() == pytest.approx(expected["difference"].item())
