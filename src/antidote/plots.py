@@ -15,7 +15,8 @@ from .atomic import atomic_path
 from .prune import DEFENSES
 from .paths import selected_name
 from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, SAFELORA_COLUMNS, SELECTED_MODELS,
-                      STATISTICS, Verdicts, axis_statistics, defense_labels, safelora_settings, setting_labels, swept_axes)
+                      STATISTICS, Verdicts, axis_statistics, defense_labels, safelora_settings, seed_statistics,
+                      setting_labels, swept_axes)
 
 AXIS_TITLES = {
     "harmful_ratio": "harmful ratio p (fraction of fine-tuning samples)",
@@ -155,32 +156,33 @@ def plot_against(summary: pd.DataFrame, axis: str, path: str | Path, verdicts: V
     save_figure(figure, path)
 
 
-def plot_against_removed(summary: pd.DataFrame, path: str | Path) -> None:
-    """HS, BR and FA (mean over seeds) against the share of the adapter's update that pruning
-    removed, a line per defense through its alphas (SafeLoRA: its settings), sft at 0 and the
-    aligned model as a dashed reference: defenses compared at an equal intervention rather than
-    at an equal alpha."""
-    columns = dict(zip(METRIC_TITLES, ["harmful_score", "benign_refusal", "finetune_accuracy"]))
+def plot_against_removed(summary: pd.DataFrame, path: str | Path, verdicts: Verdicts | None = None,
+                         statistics: Mapping | None = None) -> None:
+    """HS, BR and FA (mean over seeds, the interval as error bars) against the share of the
+    adapter's update that pruning removed, a line per defense through its alphas (SafeLoRA: its
+    settings), sft at 0 and the aligned model as a dashed reference: defenses compared at an
+    equal intervention rather than at an equal alpha."""
     keys = [*PROVENANCE, "model", "alpha", *SAFELORA_COLUMNS, *(a for a in swept_axes(summary) if a != "alpha")]
     rows = summary[summary["model"].isin(["aligned", "sft", *DEFENSES])]
-    rows = rows.assign(**safelora_settings(rows))
-    means = rows.groupby(keys, dropna=False, observed=True)[[*columns.values(), "update_removed"]].mean().reset_index()
-    panels = _panels(means)
-    figure, axes = new_figure(len(panels), len(columns))
+    stats = seed_statistics(rows.assign(**safelora_settings(rows)), keys, verdicts, statistics)
+    panels = _panels(stats)
+    figure, axes = new_figure(len(panels), len(METRIC_TITLES))
     others = [k for k in keys if k not in (*PROVENANCE, "model", "alpha", *SAFELORA_COLUMNS)]
     for row, (key, panel) in zip(axes, panels):
         sft = panel[panel["model"] == "sft"]
-        for ax, (metric, column) in zip(row, columns.items()):
-            for value in panel.loc[panel["model"] == "aligned", column].dropna():
+        for ax, metric in zip(row, METRIC_TITLES):
+            for value in panel.loc[panel["model"] == "aligned", f"{metric} mean"].dropna():
                 ax.axhline(value, color=STYLE["aligned"][0], linestyle="--", label="aligned")
-            ax.scatter(sft["update_removed"], sft[column], color="black", marker="o", label="sft (not pruned)")
+            ax.errorbar(sft["removed mean"], sft[f"{metric} mean"], fmt="o", color="black", label="sft (not pruned)",
+                        yerr=error_bars(*(sft[f"{metric} {stat}"] for stat in ("mean", "lo", "hi"))))
             for (model, *settings), line in panel[panel["model"].isin(DEFENSES)].groupby(["model", *others],
                                                                                          sort=False):
                 line = line.sort_values(["alpha", *SAFELORA_COLUMNS])
-                ax.plot(line["update_removed"], line[column], color=STYLE[model][0], marker=STYLE[model][1],
-                        label=_line_label(["model", *others], (model, *settings)))
+                ax.errorbar(line["removed mean"], line[f"{metric} mean"], color=STYLE[model][0],
+                            marker=STYLE[model][1], capsize=2, label=_line_label(["model", *others], (model, *settings)),
+                            yerr=error_bars(*(line[f"{metric} {stat}"] for stat in ("mean", "lo", "hi"))))
             # SafeLoRA's C is no projector: it can remove more than the whole update
-            right = max(PERCENT_LIMITS[1], panel["update_removed"].max() + 3)
+            right = max(PERCENT_LIMITS[1], panel["removed mean"].max() + 3)
             ax.set(xlabel="update removed (% of ||ΔW||²)", ylabel=METRIC_TITLES[metric], title=_panel_title(key),
                    xlim=(PERCENT_LIMITS[0], right), ylim=PERCENT_LIMITS)
         row[0].legend(fontsize=8)
@@ -194,7 +196,7 @@ def write_plots(summary: pd.DataFrame, folder: str | Path, judgements: pd.DataFr
     folder, axes, masked = Path(folder), swept_axes(summary), summary["alpha"].notna().any()
     verdicts = Verdicts(judgements)
     plot_tradeoff(summary, folder / "tradeoff.png")
-    plot_against_removed(summary, folder / "by_update_removed.png")
+    plot_against_removed(summary, folder / "by_update_removed.png", verdicts, statistics)
     for axis in plotted_axes(axes, masked):
         plot_against(summary, axis, folder / f"by_{axis}.png", verdicts, statistics)
     return [folder / f"{name}.png" for name in plot_names(axes, masked)]
