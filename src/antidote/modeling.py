@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -60,17 +61,76 @@ def encode_prompt(tokenizer, text: str, prompt_format: str) -> list[int]:
     return ids
 
 
+# How SLURM tells a job which GPUs it was given (--gpus, --gres=gpu): such a job must use one
+GPU_ALLOCATION_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
+
+
+class DeviceError(RuntimeError):
+    """A job that should run on a GPU cannot: it stops within seconds with the cause, instead of
+    running a 7B model in fp32 on the CPU until its time limit (three times, with retries)."""
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why CUDA cannot be used in this process (a torch build without CUDA, a driver that is
+    missing or too old, no device visible), or None where it can."""
+    if torch.version.cuda is None:
+        return (f"this torch build ({torch.__version__}) has no CUDA; install the CUDA build of the same torch "
+                "version on the GPU nodes")
+    try:
+        torch.cuda.init()
+    except Exception as error:  # the driver's own words: missing, too old for this build, ...
+        return f"CUDA does not start ({error})"
+    if torch.cuda.device_count() == 0:
+        return f"no CUDA device is visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')!r})"
+    return None
+
+
+def allocated_gpus() -> str | None:
+    """The GPUs SLURM gave this job, as it names them (``SLURM_JOB_GPUS=0``: the indices; a
+    count of 0 in ``SLURM_GPUS_ON_NODE`` is none), or None."""
+    for variable in GPU_ALLOCATION_VARIABLES:
+        value = os.environ.get(variable, "").strip()
+        if value and not (variable == "SLURM_GPUS_ON_NODE" and value == "0"):
+            return f"{variable}={value}"
+    return None
+
+
 def pick_device(requested: str = "auto") -> str:
+    """The device of a model job (the config's ``device``). ``auto``: CUDA where it works, else
+    the CPU (laptops), but a job SLURM gave a GPU must use it; ``cuda``/``cuda:N``: CUDA, which
+    must work; ``cpu``: the CPU, whatever was allocated. A GPU that cannot be used raises
+    :class:`DeviceError` naming the cause."""
+    if requested == "cpu":
+        return "cpu"
+    reason = cuda_unusable_reason()
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if reason is None:
+            return "cuda"
+        if allocated_gpus():
+            raise DeviceError(f"device 'auto': this job was given a GPU ({allocated_gpus()}) but {reason}. "
+                              "Set device: cpu in the config to run on the CPU anyway")
+        return "cpu"
+    if reason is not None:
+        raise DeviceError(f"device {requested!r}: {reason}")
+    index = int(requested.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"device {requested!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return requested
 
 
 def pick_dtype(name: str, device: str) -> torch.dtype:
-    """fp32 on CPU (exactness, and CPUs gain little from bf16); bf16 on GPU unless asked otherwise."""
+    """fp32 on CPU (exactness, and CPUs gain little from bf16); bf16 on GPU unless asked
+    otherwise. bf16 on a GPU without it (before Ampere) raises :class:`DeviceError` naming the
+    setting, rather than computing in an emulation of it or in another precision than asked."""
     if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    else:
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dtype == torch.bfloat16 and device.startswith("cuda") and not torch.cuda.is_bf16_supported(
+            including_emulation=False):
+        raise DeviceError(f"dtype {name!r} computes in bfloat16, which {torch.cuda.get_device_name(device)} does "
+                          "not support; set dtype: float16 (or float32) in the config")
+    return dtype
 
 
 def load_tokenizer(path: str | Path, padding_side: str = "left"):
