@@ -442,3 +442,14 @@ def test_the_choice_of_alpha_never_reads_a_test_answer(tiny_run, tmp_path):
     again = snakemake("-f", "results/selection.parquet", "--cores", "1", cwd=folder)
     assert again.returncode == 0, again.stderr[-2000:]
     pd.testing.assert_frame_equal(pd.read_parquet(folder / "results/selection.parquet"), before)
+
+
+def test_parsing_the_workflow_imports_no_torch(tiny_run):
+    """The rule files read the registries (defenses, tasks) and paths, never torch: Snakemake
+    parses them on the submit host at every start, and again at each cluster job's start."""
+    result = subprocess.run([sys.executable, "-X", "importtime", *SNAKEMAKE[1:], "-n", "--quiet", "rules"],
+                            cwd=tiny_run[0], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert {"antidote.prune", "antidote.results", "snakemake"} <= imported
+    assert not imported & {"torch", "transformers", "peft", "matplotlib"}

@@ -11,9 +11,12 @@ the config checks, the tables and the plots all read their names from there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
+# torch itself is imported by the functions that compute: the rule files read DEFENSES while
+# Snakemake parses them (on the submit host, and again at every job's start), which needs no torch.
 
 # How many entries a mask takes, as the authors' code counts them: per row, a stable ascending
 # sort keeps the first int(columns * (1 - alpha)) and prunes the rest; per whole tensor
@@ -32,6 +35,8 @@ def magnitude_score(weight: torch.Tensor, feature_norm: torch.Tensor, generator=
 
 
 def random_score(weight: torch.Tensor, feature_norm: torch.Tensor, generator=None) -> torch.Tensor:
+    import torch
+
     return torch.rand(weight.shape, generator=generator)
 
 
@@ -91,6 +96,8 @@ def top_fraction_mask(score: torch.Tensor, alpha: float) -> torch.Tensor:
     is not whole (4096 columns at alpha 0.1: 410, not 409). Among equal scores the stable sort
     keeps the lower column and prunes the higher one, on every device.
     """
+    import torch
+
     keep = int(score.shape[1] * (1 - alpha))
     ascending = torch.sort(score, dim=1, stable=True).indices
     mask = torch.ones_like(score, dtype=torch.bool)
@@ -103,6 +110,8 @@ def whole_tensor_mask(score: torch.Tensor, alpha: float) -> torch.Tensor:
     The authors' random pruning draws that many entries of each tensor; the largest of
     uniform random scores are such a draw. Ties go to the lower flat index.
     """
+    import torch
+
     count = int(alpha * score.numel())
     descending = torch.sort(score.flatten(), descending=True, stable=True).indices
     mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
@@ -144,6 +153,8 @@ def compute_masks(weights: dict[str, torch.Tensor], feature_norms: dict[str, tor
     for key, value in [("alpha", alpha), *([("beta", beta)] if spec.spared else [])]:
         if not 0 < value < 1:
             raise ValueError(f"{key} must lie in (0, 1), got {value}")
+    import torch
+
     select = {"row": top_fraction_mask, "tensor": whole_tensor_mask}[mask_scope(defense, random_scope)]
     generator = torch.Generator().manual_seed(seed)
     masks = {}
