@@ -2,7 +2,7 @@
 so the GPU benchmark never rots between GPU runs (about 15 s on 2 CPU cores); bench/gpu_workflow.py
 builds its model and plans the whole DAG (--dry-run), and sums the benchmark files per stage;
 bench/gpu_session.sh runs every step of a GPU session at the smoke size and keeps to its time;
-bench/checkpoint_cost.py prints its table for the tiny model."""
+bench/checkpoint_cost.py prints its table for the tiny model, bench/mask_stats_memory.py its for a small adapter."""
 
 import importlib.util
 import json
@@ -161,3 +161,13 @@ def test_checkpoint_cost_prints_its_table_for_the_tiny_model():
                             text=True)
     row = result.stdout.strip().splitlines()[-1].split(" | ")
     assert row[0] == "| tiny" and float(row[2]) > 0 and row[-1].endswith("% |")
+
+
+def test_mask_stats_memory_prints_both_ways_for_a_small_adapter():
+    result = subprocess.run([sys.executable, str(REPO / "bench/mask_stats_memory.py"), "--layers", "1",
+                             "--defenses", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "MB" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| every mask read at once (before)",
+                                                     "| one matrix at a time (write_mask_stats)"]
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows)

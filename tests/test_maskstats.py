@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from antidote.maskfile import write_masks
-from antidote.maskstats import density_table, overlap, overlap_table, where, write_mask_stats
+from antidote.maskfile import PackedMasks
+from antidote.maskstats import density_table, overlap_table, overlaps, where, write_mask_stats
 
 A = "base_model.model.model.layers.{}.self_attn.{}.lora_A.weight"
 B = "base_model.model.model.layers.{}.self_attn.{}.lora_B.weight"
@@ -30,9 +31,10 @@ def test_where_reads_layer_module_and_matrix():
 
 def test_overlap_counts_the_common_entries():
     # lora_A: 1 of 2 in common; lora_B: 1 of 2; together 2 of 4
-    assert overlap(FIRST, SECOND) == 50.0
-    assert overlap(FIRST, SECOND, "A") == 50.0 and overlap(FIRST, SECOND, "B") == 50.0
-    assert overlap(FIRST, FIRST) == 100.0
+    assert overlaps(FIRST, SECOND) == {"overlap": 50.0, "overlap lora_A": 50.0, "overlap lora_B": 50.0}
+    assert overlaps(FIRST, FIRST)["overlap"] == 100.0
+    only_a = overlaps({A.format(0, "q_proj"): FIRST[A.format(0, "q_proj")]}, FIRST)
+    assert only_a["overlap lora_A"] == 100.0 and pd.isna(only_a["overlap lora_B"])  # nothing pruned there
 
 
 def test_overlap_table_pairs_the_defenses_of_a_run_and_alpha():
@@ -63,4 +65,13 @@ def test_setdiff_overlap_is_the_share_of_antidotes_entries_it_keeps_and_safelora
               "safelora-k10": {"defense": "safelora", "alpha": None}}  # no mask: never among the files
     table = overlap_table({("run", "antidote-a0.5"): FIRST, ("run", "antidote-setdiff-a0.5"): subset}, pruned)
     assert table[["defense", "other", "overlap"]].values.tolist() == [["antidote", "antidote-setdiff", 50.0]]
-    assert overlap(subset, FIRST) == 100.0
+    assert overlaps(subset, FIRST)["overlap"] == 100.0
+
+
+def test_mask_files_are_read_one_matrix_at_a_time(tmp_path):
+    write_masks(tmp_path / "m.parquet", FIRST, {"defense": "antidote"})
+    packed = PackedMasks(tmp_path / "m.parquet")
+    assert sorted(packed) == sorted(FIRST) and packed.info == {"defense": "antidote"}
+    assert all(isinstance(row["bits"], bytes) for row in packed.packed.values())  # held packed
+    for name, mask in FIRST.items():
+        assert torch.equal(packed[name], mask)
