@@ -2,6 +2,7 @@
 
     python bench/checkpoint_cost.py --model tiny            # the tests' tiny Llama, seconds
     python bench/checkpoint_cost.py --model smollm2-135m    # the default run's shapes, random weights
+    python bench/checkpoint_cost.py --write-only llama2-7b  # writing a 7B adapter's checkpoint alone
 
 The same training (``antidote.train.train_lora``, random token sequences, batch 8, max_length
 192) runs twice: without checkpoints, then with one after every step (``checkpoint_every: 1``).
@@ -10,6 +11,11 @@ and the longest time to write a checkpoint (as the training logs it: building th
 ``torch.save`` to a temporary file, fsync, rename; the fsync waits for the disk, so a busy disk
 shows in the longest), the checkpoint's size, and the mean checkpoint as a share of a mean step
 (at ``checkpoint_every`` steps apart, divide by that number). Nothing is downloaded.
+
+``--write-only`` skips the training, which a 7B model would need a GPU for: it writes, with the
+same ``Checkpoints.save``, a checkpoint of the state a training of the authors' adapter holds
+(r=256 on q, k, v of Llama-2-7B's 32 layers: the adapter and AdamW's two moments in fp32, random
+values), and prints its size and the time to write it (median of three).
 """
 
 from __future__ import annotations
@@ -73,7 +79,7 @@ def run(name: str, steps: int, threads: int) -> dict:
     step_seconds = []
     with tempfile.TemporaryDirectory() as folder:
         for every in (None, 1):
-            checkpoints = Checkpoints(Path(folder), "bench", every) if every else None
+            checkpoints = Checkpoints(Path(folder), "bench", every, minutes=None) if every else None
             log = Path(folder) / "log.jsonl"
             started = time.time()
             train_lora(LlamaForCausalLM(config), tokenizer, records, lora, settings, "alpaca", log, checkpoints)
@@ -90,12 +96,45 @@ def run(name: str, steps: int, threads: int) -> dict:
             "checkpoint_mb": size / 1e6, "share": write / step}
 
 
+# (layers, hidden size, LoRA rank) of the adapters whose checkpoint --write-only writes
+ADAPTER_SHAPES = {"llama2-7b": (32, 4096, 256), "tiny": (2, 32, 8)}
+
+
+def write_only(name: str, repeats: int = 3) -> dict:
+    """The time to write (``Checkpoints.save``: torch.save, fsync, rename) the checkpoint of an
+    adapter of these shapes with its AdamW state, and its size."""
+    layers, hidden, rank = ADAPTER_SHAPES[name]
+    shapes = [shape for _ in range(layers * 3) for shape in ((rank, hidden), (hidden, rank))]
+    adapter = {f"weight.{i}": torch.randn(shape) for i, shape in enumerate(shapes)}
+    moments = {i: {"step": torch.tensor(1.0), "exp_avg": torch.randn(shape), "exp_avg_sq": torch.rand(shape)}
+               for i, shape in enumerate(shapes)}
+    state = {"step": 1, "adapter": adapter, "optimizer": {"state": moments, "param_groups": [{"params": list(moments)}]}}
+    seconds = []
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoints = Checkpoints(Path(folder), "bench")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            checkpoints.save(state)
+            seconds.append(time.perf_counter() - started)
+        size = checkpoints.file.stat().st_size
+    return {"adapter": name, "weights_m": sum(t.numel() for t in adapter.values()) / 1e6, "checkpoint_gb": size / 1e9,
+            "seconds": statistics.median(seconds), "longest_s": max(seconds)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, nargs="+", default=["tiny"])
+    parser.add_argument("--write-only", choices=ADAPTER_SHAPES, help="only write a checkpoint of these shapes")
     parser.add_argument("--steps", type=int, default=6, help="training steps per run (default 6)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.write_only:
+        r = write_only(args.write_only)
+        print("| adapter | weights (M) | checkpoint (GB) | write, median of 3 (s) | longest (s) |")
+        print("|---|---|---|---|---|")
+        print(f"| {r['adapter']} (r={ADAPTER_SHAPES[r['adapter']][2]}, q/k/v) | {r['weights_m']:.3g} | {r['checkpoint_gb']:.2f} | {r['seconds']:.1f} | "
+              f"{r['longest_s']:.1f} |")
+        return
     print(f"{args.steps} steps, batch 8, {args.threads} threads, torch {torch.__version__}\n")
     print("| model | step (s) | checkpoint (s) | longest checkpoint (s) | checkpoint (MB) | checkpoint / step |")
     print("|---|---|---|---|---|---|")

@@ -156,10 +156,10 @@ def get_task_spec(wildcards):
 # --- training (stages 1 and 2)
 
 def training_settings(train):
-    """A stage's training settings as its rule's params: all but checkpoint_every, which says how
-    often a checkpoint is written, not what is trained, so that changing it reruns nothing (the
-    script reads it from the config)."""
-    return {key: value for key, value in train.items() if key != "checkpoint_every"}
+    """A stage's training settings as its rule's params: all but checkpoint_every and
+    checkpoint_minutes, which say how often a checkpoint is written, not what is trained, so that
+    changing them reruns nothing (the script reads them from the config)."""
+    return {key: value for key, value in train.items() if key not in ("checkpoint_every", "checkpoint_minutes")}
 
 
 # --- fine-tuning runs

@@ -161,6 +161,11 @@ def test_checkpoint_cost_prints_its_table_for_the_tiny_model():
                             text=True)
     row = result.stdout.strip().splitlines()[-1].split(" | ")
     assert row[0] == "| tiny" and float(row[2]) > 0 and row[-1].endswith("% |")
+    # a checkpoint's write alone, as for the 7B adapter (2 layers of q, k, v at r=8 of 32: 3,072 weights)
+    result = subprocess.run([sys.executable, str(REPO / "bench/checkpoint_cost.py"), "--write-only", "tiny"], cwd=REPO,
+                            env=env, check=True, timeout=300, capture_output=True, text=True)
+    row = result.stdout.strip().splitlines()[-1].split(" | ")
+    assert row[0] == "| tiny (r=8, q/k/v)" and row[1] == "0.00307" and float(row[3]) >= 0
 
 
 def test_mask_stats_memory_prints_both_ways_for_a_small_adapter():

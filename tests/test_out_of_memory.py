@@ -49,7 +49,7 @@ class FakeSnakemake:
         self.input = Files(**{k: str(tmp_path / k) for k in inputs})
         self.output = Files(str(tmp_path / "out"), answers=str(tmp_path / "answers"),
                             metrics=str(tmp_path / "metrics"))
-        self.config = {rule: {"train": {"checkpoint_every": 100}}}
+        self.config = {rule: {"train": {"checkpoint_every": None, "checkpoint_minutes": 30}}}
 
 
 def out_of_memory(*_args, **_kwargs):

@@ -245,3 +245,25 @@ def test_the_resumed_workflow_equals_the_uninterrupted_one(workflow_runs):
     for name in ["results/align/model/train_log.jsonl", f"{ADAPTER}/train_log.jsonl"]:
         assert losses(folder, str(Path(name).parent)) == losses(reference, str(Path(name).parent)), name
     assert files(folder, ".*") == []   # no temporary file left anywhere in results/
+
+
+def test_a_checkpoint_is_due_by_time_by_steps_or_on_request(tmp_path, monkeypatch):
+    from antidote import checkpoint
+
+    clock = [1000.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    by_time = checkpoint.Checkpoints(tmp_path / "a", "fingerprint")  # the default: every 30 minutes, no steps
+    assert by_time.every is None and by_time.minutes == 30
+    assert not by_time.due(100) and not by_time.due(200)
+    clock[0] += 30 * 60 - 1
+    assert not by_time.due(7)
+    clock[0] += 1
+    assert by_time.due(7)
+    by_time.save({"step": 7})
+    assert by_time.last == clock[0] and not by_time.due(8)  # the clock starts again at each checkpoint
+    by_steps = checkpoint.Checkpoints(tmp_path / "b", "fingerprint", every=3, minutes=None)
+    assert [step for step in range(1, 10) if by_steps.due(step)] == [3, 6, 9]
+    clock[0] += 10 ** 6
+    assert not by_steps.due(4)
+    by_steps.requested.append("signal")
+    assert by_steps.due(4)

@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +35,23 @@ CHECKPOINT_SIGNAL = signal.SIGURG
 class Checkpoints:
     folder: Path
     fingerprint: str
-    every: int = 100  # steps between checkpoints; one is also written at each epoch's end
+    every: int | None = None  # steps between checkpoints (None: not by steps)
+    # minutes between checkpoints (None: not by time): a 7B adapter's checkpoint, with the
+    # optimizer's state, is 2.4 GB, too much to write every few minutes to a shared file system
+    minutes: float | None = 30
     requested: list = field(default_factory=list)  # CHECKPOINT_SIGNALs not yet answered by a checkpoint
+    # when the last checkpoint was written (or the training began); read through the module, so tests can move the clock
+    last: float = field(default_factory=lambda: time.monotonic())
 
     def __post_init__(self):
         self.folder = Path(self.folder)
+
+    def due(self, step: int) -> bool:
+        """Whether a checkpoint is due after ``step``: the signal asked for one, or ``every``
+        steps or ``minutes`` have passed since the last (the training adds each epoch's end
+        and its last step)."""
+        return bool(self.requested or (self.every and step % self.every == 0)
+                    or (self.minutes and time.monotonic() - self.last >= 60 * self.minutes))
 
     @contextlib.contextmanager
     def on_signal(self):
@@ -60,6 +73,7 @@ class Checkpoints:
     def save(self, state: dict) -> None:
         with atomic_path(self.file) as temp:
             torch.save({"fingerprint": self.fingerprint, **state}, temp)
+        self.last = time.monotonic()
 
     def load(self) -> dict | None:
         """The latest checkpoint, if there is one of these settings and data."""

@@ -61,7 +61,7 @@ def cmd_train(a):
 
     train_stage(a.model, a.data, a.out, _json_or_yaml(a.lora), _json_or_yaml(a.train), a.prompt_format,
                 merge=a.merge, device=pick_device(a.device), dtype=a.dtype, checkpoint_dir=a.checkpoints,
-                checkpoint_every=a.checkpoint_every)
+                checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes)
 
 
 def cmd_score(a):
@@ -180,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="merge the adapter and save a full model (alignment)")
     p.add_argument("--checkpoints", type=Path, help="folder for checkpoints: a rerun with the same settings and data "
                    "resumes from the latest one; removed when training ends")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100; "
+    p.add_argument("--checkpoint-minutes", type=float, default=30, help="minutes between checkpoints (default 30; "
                    "also one at each epoch's end)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints too (default: none)")
     model_options(p)
 
     p = add("score", cmd_score, "calibration feature norms n_j of every LoRA matrix (safetensors: name -> n_j)")

@@ -147,7 +147,7 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
 def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: dict, training: dict,
                 prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto",
                 adapter_dir: Path | None = None, checkpoint_dir: Path | None = None,
-                checkpoint_every: int = 100) -> None:
+                checkpoint_every: int | None = None, checkpoint_minutes: float | None = 30) -> None:
     """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter).
 
     Stage 1 merges its adapter into the base's fp32 weights (:func:`merged_in_fp32`) and saves
@@ -156,8 +156,9 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     With ``adapter_dir`` it also keeps the adapter it merged there (SafeLoRA's alignment update).
 
     The training records are checked before any model is loaded. With ``checkpoint_dir`` the
-    training saves a checkpoint there every ``checkpoint_every`` steps, at each epoch's end, at
-    the last step and after :data:`~antidote.checkpoint.CHECKPOINT_SIGNAL`, goes on from one of
+    training saves a checkpoint there every ``checkpoint_minutes`` (and every ``checkpoint_every``
+    steps, if set), at each epoch's end, at the last step and after
+    :data:`~antidote.checkpoint.CHECKPOINT_SIGNAL`, goes on from one of
     the same settings and data if there is one, and removes it once the output is in place.
     """
     settings = TrainSettings(**training)
@@ -172,7 +173,7 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     if checkpoint_dir:
         settings_used = [asdict(LoraSettings(**lora)), asdict(settings), prompt_format, dtype]
         checkpoints = Checkpoints(checkpoint_dir, fingerprint(settings_used, records, model_dir=model_dir),
-                                  checkpoint_every)
+                                  checkpoint_every, checkpoint_minutes)
     # the signal that asks for a checkpoint may come while a large model is still loading
     with checkpoints.on_signal() if checkpoints else contextlib.nullcontext():
         model = load_base_for_training(model_dir, settings.quantization, device=device, dtype=dtype)

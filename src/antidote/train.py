@@ -6,8 +6,9 @@ the authors' HF Trainer draws them, at random from the shuffled mix each epoch; 
 by length (``group_by_length``) spends less compute on padding but changes how much short
 task items weigh against long harmful answers, whose tokens then share fewer batches.
 
-With :class:`~antidote.checkpoint.Checkpoints` the loop saves its whole state every ``every``
-steps, at each epoch's end and at the step after :data:`CHECKPOINT_SIGNAL` arrives, and a new
+With :class:`~antidote.checkpoint.Checkpoints` the loop saves its whole state every ``minutes``
+(and every ``every`` steps, if set), at each epoch's end and at the step after
+:data:`CHECKPOINT_SIGNAL` arrives, and a new
 call with the same settings and data goes on from the latest checkpoint: on the CPU in fp32 it
 ends with the same adapter, to the bit, as a run never interrupted.
 """
@@ -277,8 +278,7 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
                             "lr": schedule.get_last_lr()[0], "seconds": seconds_before + time.time() - started})
             if log:
                 log.write(json.dumps(history[-1]) + "\n")
-            if checkpoints and (checkpoints.requested or step % checkpoints.every == 0 or done == len(batches)
-                                or step == total_steps):
+            if checkpoints and (checkpoints.due(step) or done == len(batches) or step == total_steps):
                 save_checkpoint(epoch_rng, done)
             if resumed_at == 0 and step == _test_hook(KILL_AFTER_STEP):
                 os.kill(os.getpid(), signal.SIGKILL)
