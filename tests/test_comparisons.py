@@ -196,3 +196,27 @@ def test_the_command_line_collects_and_compares_without_snakemake(tmp_path):
                         & (expected["against"] == "antidote-benign-a0.1")]
     assert row["p_value"].item() == pytest.approx(expected["p_value"].item())
     assert row["difference"].item() == pytest.approx(expected["difference"].item())
+
+
+def test_verdicts_alike_everywhere_fall_back_on_the_pooled_prompts():
+    """0% in every run, or two models that never disagree: the bootstrap has nothing to draw and
+    would say [0, 0]; the interval is then the one-run method's over the seeds' pooled prompts."""
+    from antidote.results import rate_interval
+
+    summary, judgements = world()
+    zero = judgements.assign(outcome=judgements["outcome"] & (judgements["metric"] != "finetune_accuracy"))
+    rows = summary[summary["model"] == "antidote"]
+    low, high = rate_interval(rows, "finetune_accuracy", Verdicts(zero), {"confidence": 0.95, "resamples": 500, "seed": 0})
+    assert (low, high) == (0.0, pytest.approx(100 * wilson_interval(0, 3 * ITEMS)[1]))
+    same = judgements.copy()
+    benign = same["evaluation"].isin(antidote_names([0, 1, 2], "antidote-benign"))
+    for name, twin in zip(antidote_names([0, 1, 2], "antidote-benign"), antidote_names([0, 1, 2])):
+        same.loc[same["evaluation"] == name, "outcome"] = same.loc[same["evaluation"] == twin, "outcome"].to_numpy()
+    assert benign.any()
+    table = paired_table(summary, same)
+    row = table[(table["metric"] == "harmful_score") & (table["defense"] == "antidote-a0.1")
+                & (table["against"] == "antidote-benign-a0.1")].iloc[0]
+    flagged = int(matrix(same, antidote_names([0, 1, 2])).sum())
+    expected = paired_difference_interval(flagged, 0, 0, 3 * PROMPTS - flagged)
+    assert (row["difference"], row["lo"], row["hi"]) == tuple(pytest.approx(100 * v) for v in expected)
+    assert row["lo"] < 0 < row["hi"] and row["p_value"] == 1 and "pooled" in row["method"]

@@ -37,7 +37,8 @@ PAIRED_COLUMNS = ["metric", "judge", "harmful_set", "n_test_prompts", "task_data
                   "runs", "prompts", "difference", "lo", "hi", "p_value", "p_holm", "discordant", "first_only",
                   "second_only", "method"]
 METHODS = {"one run": "Newcombe interval, exact McNemar",
-           "seeds": "bootstrap over runs and prompts, exact McNemar on the seeds' pooled discordant prompts"}
+           "seeds": "bootstrap over runs and prompts, exact McNemar on the seeds' pooled discordant prompts",
+           "seeds, no discordant prompt": "Newcombe interval and exact McNemar on the seeds' pooled prompts"}
 _DEFENSE_OF = {selected_name(d): d for d in DEFENSES}
 
 
@@ -83,15 +84,17 @@ def comparison_pairs(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare(first: np.ndarray, second: np.ndarray, statistics: Mapping) -> dict:
-    """One comparison of two models' verdicts (runs x prompts each, the same prompts in each run)."""
+    """One comparison of two models' verdicts (runs x prompts each, the same prompts in each run).
+    Over seeds without a single discordant prompt the bootstrap would say [0, 0]: the seeds'
+    prompts are then pooled as one run's."""
     both = int((first * second).sum())
     first_only = int((first * (1 - second)).sum())
     second_only = int(((1 - first) * second).sum())
     neither = first.size - both - first_only - second_only
-    if len(first) == 1:
+    if len(first) == 1 or first_only + second_only == 0:
         difference, low, high = paired_difference_interval(both, first_only, second_only, neither,
                                                            statistics["confidence"])
-        method = METHODS["one run"]
+        method = METHODS["one run" if len(first) == 1 else "seeds, no discordant prompt"]
     else:
         difference = float((first - second).mean())
         low, high = crossed_bootstrap_interval(first - second, statistics["resamples"], statistics["seed"],

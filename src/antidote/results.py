@@ -271,15 +271,17 @@ class Verdicts:
 def rate_interval(rows: pd.DataFrame, metric: str, verdicts: Verdicts, statistics: Mapping) -> tuple[float, float]:
     """The interval (percent) of the mean of a rate over ``rows``, one run each: one run, the
     Wilson score interval over its prompts; several seeds, the two-way bootstrap over runs and
-    prompts (:func:`antidote.stats.crossed_bootstrap_interval`). NaN where the verdicts behind
-    several runs are not at hand; one run falls back on its summary row's own interval."""
+    prompts (:func:`antidote.stats.crossed_bootstrap_interval`), unless every verdict is the same
+    (0% or 100% in every run), where the bootstrap has nothing to draw and would say [0, 0]: then
+    the Wilson interval over all the runs' prompts. NaN where the verdicts behind several runs are
+    not at hand; one run falls back on its summary row's own interval."""
     matrix = verdicts.matrix(rows, metric)
     if matrix is None:
         if len(rows) == 1 and f"{metric}_lo" in rows:
             return rows[f"{metric}_lo"].iloc[0], rows[f"{metric}_hi"].iloc[0]
         return np.nan, np.nan
-    if len(matrix) == 1:
-        low, high = wilson_interval(int(matrix.sum()), matrix.shape[1], statistics["confidence"])
+    if len(matrix) == 1 or np.ptp(matrix) == 0:
+        low, high = wilson_interval(int(matrix.sum()), matrix.size, statistics["confidence"])
     else:
         low, high = crossed_bootstrap_interval(matrix, statistics["resamples"], statistics["seed"],
                                                statistics["confidence"])
