@@ -46,7 +46,9 @@ FAULT = ("if snakemake.wildcards.model == 'base' and __import__('os').path.exist
 RUN_LIMIT_S = 300                  # each SLURM run is killed after this (a hung status loop)
 # Test-only: poll SLURM every second instead of the plugin's 40 s wait before the first check.
 FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "1")
-SACCT_FIELDS = ["JobID", "JobName", "Comment", "State", "AllocTRES", "ReqMem"]
+SACCT_FIELDS = ["JobID", "JobName", "Comment", "State", "AllocTRES", "ReqMem", "Partition"]
+# The partitions the profile sends jobs to (slurm/config.yaml, "Your site's settings"), as cluster.sh names them
+CPU_PARTITION, GPU_PARTITION = "cpu", "gpu"
 
 
 def skip_reason() -> str | None:
@@ -173,6 +175,45 @@ def test_gpu_stages_asked_for_and_got_the_gpu_and_the_others_did_not(runs):
     for row in jobs:
         has_gpu = "gres/gpu=1" in row["AllocTRES"]
         assert has_gpu == (row["job"][0] in GPU_RULES), row
+        # every model job in the GPU partition with its GPU, every other job in the CPU partition without one
+        assert row["Partition"] == (GPU_PARTITION if has_gpu else CPU_PARTITION), row
+
+
+def test_the_profile_sends_exactly_the_model_rules_to_the_gpu_partition(tmp_path):
+    """The profile's GPU block (set-resources) names every rule that asks for a GPU and no other;
+    read from a dry run of the whole tiny DAG with the profile (no cluster needed)."""
+    folder = make_tiny_project(tmp_path)
+    shutil.copytree(REPO / "slurm", folder / "slurm")
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm"], cwd=folder,
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry.stdout + dry.stderr, re.M)
+    partitions = {}
+    for rule, resources in jobs:
+        fields = dict(item.split("=", 1) for item in resources.split(", ") if "=" in item)
+        partitions.setdefault(rule, set()).add((fields.get("slurm_partition"), fields.get("gpu")))
+    assert {rule for rule, seen in partitions.items() if (GPU_PARTITION, "1") in seen} == GPU_RULES
+    assert all(seen == {(CPU_PARTITION, None)} for rule, seen in partitions.items()
+               if rule in CPU_RULES), partitions
+    assert set(PROFILE["set-resources"]) == GPU_RULES
+
+
+def test_a_job_given_a_gpu_it_cannot_use_stops_at_once(cluster, tmp_path):
+    """A real GPU allocation (the test node's stand-in GPUs) on a torch without CUDA: the device
+    check every model job's script starts with stops it within seconds, naming the cause."""
+    if torch.cuda.is_available():
+        pytest.skip("this torch can use CUDA here: the job would not fail")
+    out = tmp_path / "job.out"
+    check = "from antidote.modeling import pick_device; pick_device('auto')"
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"} | {"PYTHONPATH": str(REPO / "src")}
+    started = time.time()
+    job = subprocess.run(["timeout", "-k", "10", "120", "sbatch", "--wait", "-p", GPU_PARTITION, "--gpus=1",
+                          "-o", str(out), "--wrap", f"{sys.executable} -c \"{check}\""],
+                         capture_output=True, text=True, env=env)
+    assert job.returncode not in (0, 124, 137), job.stdout + job.stderr
+    text = out.read_text()
+    assert "DeviceError: device 'auto': this job was given a GPU (SLURM_JOB_GPUS=0) but this torch build" in text
+    assert time.time() - started < 60
 
 
 def test_slurm_result_equals_the_local_result(runs):

@@ -20,7 +20,10 @@ set -euo pipefail
 unset SLURM_CONF
 
 CLUSTER_NAME=antidote
-PARTITION=gpu
+# Two partitions, as on most GPU clusters: CPU jobs to `cpu` (the default), model jobs to `gpu`.
+# The one node is in both, so both schedule on it; sacct's Partition tells where each job went.
+CPU_PARTITION=cpu
+GPU_PARTITION=gpu
 HOST=$(hostname -s)
 STATE=${ANTIDOTE_SLURM_STATE:-/var/lib/antidote-slurm-test}
 WAIT=${ANTIDOTE_SLURM_WAIT:-60}
@@ -204,7 +207,8 @@ JobAcctGatherFrequency=30
 # Two stand-in GPUs (see gres.conf) so that sbatch --gpus=1 jobs schedule, two at a time.
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_mb Gres=gpu:2 State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=$CPU_PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=$GPU_PARTITION Nodes=$HOST MaxTime=INFINITE State=UP
 EOF
 
     # File=/dev/null, /dev/zero: without a device file slurmd reports 0 GPUs and
@@ -332,7 +336,8 @@ register_cluster() {
     fi
 }
 
-node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null; }
+# The node's state (sinfo prints one line per partition it is in; the state is the node's).
+node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -1; }
 
 node_ready() {
     case $(node_state) in
@@ -392,7 +397,7 @@ cmd_start() {
     start_slurm_daemon slurmd
     wait_node_ready
     wait_for "sacct to answer" sacct -n -X -S now-1minute
-    say "cluster '$CLUSTER_NAME' is up: $(sinfo -h -o '%P %D %T %G %c CPUs %m MB' | head -1)"
+    say "cluster '$CLUSTER_NAME' is up: $(sinfo -h -o '%P %D %T %G %c CPUs %m MB' | paste -sd ';' -)"
 }
 
 stop_one() {  # stop_one NAME: stop the daemon if we started it
