@@ -21,7 +21,7 @@ rule align:
     benchmark:
         "benchmarks/align.tsv"
     resources:
-        **MODEL_JOB,
+        **model_job("align"),
     conda:
         ENV
     script:

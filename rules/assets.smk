@@ -31,7 +31,7 @@ rule convert_gguf:
     benchmark:
         "benchmarks/convert_gguf.tsv"
     resources:
-        mem_mb=get_mem_mb,
+        mem_mb=host_memory(1),
     conda:
         ENV
     script:

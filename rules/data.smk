@@ -38,7 +38,7 @@ rule base_answers:
     benchmark:
         "benchmarks/base_answers/{split}.tsv"
     resources:
-        **MODEL_JOB,
+        **model_job("base_answers"),
     conda:
         ENV
     script:

@@ -19,7 +19,7 @@ rule evaluate:
     benchmark:
         f"{BENCHMARKS}evaluate/{{run}}/{{model}}.tsv"
     resources:
-        **MODEL_JOB,
+        **model_job("evaluate"),
     conda:
         ENV
     script:

@@ -19,7 +19,7 @@ rule finetune:
     benchmark:
         "benchmarks/finetune/{run}.tsv"
     resources:
-        **MODEL_JOB,
+        **model_job("finetune"),
     conda:
         ENV
     script:

@@ -14,6 +14,10 @@ rule prune:
         model=one_of(MASKED),
     log:
         "logs/prune/{run}/{model}.log",
+    resources:
+        # CPU work on the adapter's matrices only (201M weights at 7B, r=256), not the profile's hour: in a
+        # group (slurm/config.yaml) a job's time adds to its allocation's
+        runtime=lambda wildcards, attempt: 10 * attempt,
     conda:
         ENV
     script:
@@ -35,6 +39,10 @@ rule safelora:
         model=one_of(PROJECTED),
     log:
         "logs/safelora/{run}/{model}.log",
+    resources:
+        # CPU work on the adapter's matrices only (201M weights at 7B, r=256), not the profile's hour: in a
+        # group (slurm/config.yaml) a job's time adds to its allocation's
+        runtime=lambda wildcards, attempt: 10 * attempt,
     conda:
         ENV
     script:

@@ -22,7 +22,7 @@ rule score:
     benchmark:
         "benchmarks/score/{run}/{calibration}.tsv"
     resources:
-        **MODEL_JOB,
+        **model_job("score"),
     conda:
         ENV
     script:

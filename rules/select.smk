@@ -24,6 +24,8 @@ use rule evaluate as evaluate_for_selection with:
         "logs/selection/evaluate/{run}/{model}.log",
     benchmark:
         "benchmarks/selection/evaluate/{run}/{model}.tsv"
+    resources:
+        **model_job("evaluate_for_selection"),
 
 
 use rule evaluate_for_selection as evaluate_reference_for_selection with:

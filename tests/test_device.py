@@ -105,3 +105,5 @@ def test_a_workflow_script_stops_before_any_model_loads(monkeypatch, no_slurm_gp
     with pytest.raises(DeviceError, match="was given a GPU"):
         start_script(job)
     assert modeling.allocated_gpus() == "SLURM_JOB_GPUS=0"
+    # a CPU stage (no device param: prune, grouped into the evaluations' GPU allocation) runs on the CPU
+    assert start_script(SimpleNamespace(log=[], threads=1, rule="prune", params=SimpleNamespace())) == "cpu"

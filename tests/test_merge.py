@@ -80,3 +80,34 @@ def test_alignment_merge_is_saved_in_fp32_from_the_fp32_base(tmp_path):
     untouched = [n for n in base if not n.endswith(tuple(f"{t}.weight" for t in TARGETS))]
     assert all(torch.equal(aligned[n], base[n]) for n in untouched)  # never rounded through bf16
     assert any(not torch.equal(aligned[n], base[n]) for n in base if n not in untouched)  # the update is in
+
+
+def test_evaluation_merge_in_the_compute_dtype_equals_the_fp32_merge_rounded_once(tmp_path):
+    """The evaluation loads the model in its compute dtype and merges only the updated weights in
+    fp32: bit for bit the weights of the whole model merged in fp32 and then cast (tied embeddings
+    included), hence the same answers."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from antidote.generate import greedy_generate
+    from antidote.modeling import load_tokenizer, merged_in_fp32
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(1)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                 pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    save_small_update_adapter(tmp_path / "base", tmp_path / "adapter")
+    full = merged_in_fp32(tmp_path / "base", tmp_path / "adapter")
+    prompts = ["Write a poem.", "How do I make a cake?"]
+    for dtype, torch_dtype in [("float32", torch.float32), ("bfloat16", torch.bfloat16)]:
+        merged = load_model(tmp_path / "base", tmp_path / "adapter", merge=True, dtype=dtype)
+        assert merged.model.embed_tokens.weight is merged.lm_head.weight  # still tied
+        weights, reference = merged.state_dict(), full.state_dict()
+        assert weights.keys() == reference.keys()
+        for name, value in reference.items():
+            assert weights[name].dtype == torch_dtype and torch.equal(weights[name], value.to(torch_dtype)), name
+        rounded = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch_dtype)
+        rounded.load_state_dict(reference)  # today's evaluation path before this merge: load, then copy the merge in
+        answer = [greedy_generate(m, load_tokenizer(tmp_path / "base"), prompts, "chat", 8, 2) for m in (merged, rounded)]
+        assert answer[0] == answer[1]

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from antidote.maskfile import read_mask_info
-from antidote.modeling import merged_in_fp32
+from antidote.modeling import lora_modules, lora_scaling, merged_in_fp32
 from antidote.prune import update_removed
-from antidote.safelora import alignment_from_adapter, lora_modules, lora_scaling, projected, selected_modules
+from antidote.safelora import alignment_from_adapter, projected, selected_modules
 from antidote.stages import safelora_stage, train_stage
 
 from test_model_families import RECORDS, save_tiny_model

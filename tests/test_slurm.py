@@ -49,6 +49,14 @@ FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2", "--seconds-bet
 SACCT_FIELDS = ["JobID", "JobName", "Comment", "State", "AllocTRES", "ReqMem", "Partition"]
 # The partitions the profile sends jobs to (slurm/config.yaml, "Your site's settings"), as cluster.sh names them
 CPU_PARTITION, GPU_PARTITION = "cpu", "gpu"
+# Rules the profile groups into shared allocations (group name -> rules), and the CPU ones among them,
+# which run in their group's GPU allocation
+GROUPS = {}
+for entry in PROFILE["groups"]:
+    rule, group = entry.split("=")
+    GROUPS.setdefault(group, set()).add(rule)
+GROUPED_RULES = set().union(*GROUPS.values())
+GROUPED_CPU_RULES = GROUPED_RULES & CPU_RULES
 
 
 def skip_reason() -> str | None:
@@ -102,13 +110,25 @@ def sacct(run: str, since: str) -> list[dict]:
                          capture_output=True, text=True, check=True).stdout
     rows = [dict(zip(SACCT_FIELDS, line.split("|"))) for line in out.splitlines() if line.strip()]
     for row in rows:
-        rule, wildcards = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", row["Comment"]).groups()
-        row["job"] = (rule, wildcards or "")
+        # a group job's comment names its group and rules: rule_realign_evaluate_prune
+        row["group"] = next((g for g in GROUPS if row["Comment"].startswith(f"rule_{g}_")), None)
+        if row["group"]:
+            row["job"] = (row["group"], row["Comment"].removeprefix(f"rule_{row['group']}_"))
+        else:
+            rule, wildcards = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", row["Comment"]).groups()
+            row["job"] = (rule, wildcards or "")
     return sorted(rows, key=lambda row: int(row["JobID"]))
 
 
 def completed(rows: list[dict]) -> Counter:
+    """Completed SLURM jobs (allocations) by rule, or by group for group jobs."""
     return Counter(row["job"][0] for row in rows if row["State"] == "COMPLETED")
+
+
+def finished(result: subprocess.CompletedProcess) -> Counter:
+    """Every job Snakemake finished in a run, by rule, grouped ones included, local ones not."""
+    rules = re.findall(r"^Finished jobid: \d+ \(Rule: (\w+)\)", result.stdout + result.stderr, re.M)
+    return Counter(rule for rule in rules if rule not in LOCAL_RULES)
 
 
 def megabytes(req_mem: str) -> int:
@@ -162,40 +182,81 @@ def test_every_non_local_job_ran_as_a_slurm_job_of_its_run(runs):
     jobs = runs["jobs1"] + runs["jobs2"]
     assert runs["second"].returncode == 0, runs["second"].stderr[-4000:]
     expected = Counter({rule: n for rule, n in runs["full_plan"].items() if rule not in LOCAL_RULES})
-    assert completed(jobs) == expected
-    done = [row["job"] for row in jobs if row["State"] == "COMPLETED"]
+    assert finished(runs["first"]) + finished(runs["second"]) == expected
+    # each job not grouped was an allocation of its own, which ran once
+    alone = Counter({rule: n for rule, n in expected.items() if rule not in GROUPED_RULES})
+    assert Counter({rule: n for rule, n in completed(jobs).items() if rule not in GROUPS}) == alone
+    done = [row["job"] for row in jobs if row["State"] == "COMPLETED" and not row["group"]]
     assert len(set(done)) == len(done), "a finished job ran again"
     assert not LOCAL_RULES & {row["job"][0] for row in jobs}
     assert {row["JobName"] for row in runs["jobs1"]} == {run_id(runs["first"])}
 
 
+def test_pruning_and_evaluations_shared_allocations(runs):
+    """The pruned models' prune jobs and evaluations ran in group jobs (slurm/config.yaml: groups),
+    several in one allocation, at most group-components chains in each."""
+    jobs = runs["jobs1"] + runs["jobs2"]
+    grouped = sum(n for rule, n in (finished(runs["first"]) + finished(runs["second"])).items()
+                  if rule in GROUPED_RULES)
+    allocations = [row for row in jobs if row["group"] == "realign" and row["State"] == "COMPLETED"]
+    components = int(next(e.split("=")[1] for e in PROFILE["group-components"] if e.startswith("realign=")))
+    chains = runs["full_plan"]["prune"] + runs["full_plan"].get("safelora", 0) + 1  # + the fine-tuned model's
+    assert grouped == sum(runs["full_plan"][rule] for rule in GROUPED_RULES if rule in runs["full_plan"])
+    assert len(allocations) == -(-chains // components) < grouped
+
+
 def test_gpu_stages_asked_for_and_got_the_gpu_and_the_others_did_not(runs):
     jobs = runs["jobs1"] + runs["jobs2"]
-    assert {row["job"][0] for row in jobs} <= GPU_RULES | CPU_RULES
+    assert {row["job"][0] for row in jobs} <= GPU_RULES | CPU_RULES | set(GROUPS)
     for row in jobs:
         has_gpu = "gres/gpu=1" in row["AllocTRES"]
-        assert has_gpu == (row["job"][0] in GPU_RULES), row
-        # every model job in the GPU partition with its GPU, every other job in the CPU partition without one
+        # every model job and group job in the GPU partition with one GPU, every other job in the CPU
+        # partition without one
+        assert has_gpu == (row["job"][0] in GPU_RULES or bool(row["group"])), row
         assert row["Partition"] == (GPU_PARTITION if has_gpu else CPU_PARTITION), row
+
+
+def planned_resources(folder: Path, *args: str) -> dict[str, list[dict]]:
+    """Rule -> the resources of each of its jobs, read from a dry run with the profile (no cluster needed)."""
+    if not (folder / "slurm").exists():
+        shutil.copytree(REPO / "slurm", folder / "slurm")
+    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm", *args], cwd=folder,
+                         capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    # a group job's members are printed indented under "Group job realign"
+    jobs = re.findall(r"^ *(?:local)?rule (\w+):\n(?: +.*\n)*? +resources: (.*)$", dry.stdout + dry.stderr, re.M)
+    planned = {}
+    for rule, resources in jobs:
+        planned.setdefault(rule, []).append(dict(item.split("=", 1) for item in resources.split(", ") if "=" in item))
+    return planned
 
 
 def test_the_profile_sends_exactly_the_model_rules_to_the_gpu_partition(tmp_path):
     """The profile's GPU block (set-resources) names every rule that asks for a GPU and no other;
-    read from a dry run of the whole tiny DAG with the profile (no cluster needed)."""
-    folder = make_tiny_project(tmp_path)
-    shutil.copytree(REPO / "slurm", folder / "slurm")
-    dry = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--profile", "slurm"], cwd=folder,
-                         capture_output=True, text=True, timeout=300)
-    assert dry.returncode == 0, dry.stderr[-3000:]
-    jobs = re.findall(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", dry.stdout + dry.stderr, re.M)
-    partitions = {}
-    for rule, resources in jobs:
-        fields = dict(item.split("=", 1) for item in resources.split(", ") if "=" in item)
-        partitions.setdefault(rule, set()).add((fields.get("slurm_partition"), fields.get("gpu")))
+    read from a dry run of the whole tiny DAG with the profile."""
+    partitions = {rule: {(fields.get("slurm_partition"), fields.get("gpu")) for fields in jobs}
+                  for rule, jobs in planned_resources(make_tiny_project(tmp_path)).items()}
     assert {rule for rule, seen in partitions.items() if (GPU_PARTITION, "1") in seen} == GPU_RULES
-    assert all(seen == {(CPU_PARTITION, None)} for rule, seen in partitions.items()
-               if rule in CPU_RULES), partitions
-    assert set(PROFILE["set-resources"]) == GPU_RULES
+    # the CPU rules grouped with the evaluations go to the GPU partition (a group's jobs share one),
+    # asking no GPU of their own; the other CPU rules go to the CPU partition
+    assert all(seen == {(GPU_PARTITION if rule in GROUPED_RULES else CPU_PARTITION, None)}
+               for rule, seen in partitions.items() if rule in CPU_RULES), partitions
+    assert set(PROFILE["set-resources"]) == GPU_RULES | GROUPED_CPU_RULES
+
+
+def test_each_model_stage_asks_for_the_time_of_its_own_work(tmp_path):
+    """Generation is estimated at 0.24 s per decoding step of a batch (rules/cluster.smk), whatever
+    the model's size: with 1000 new tokens the tiny evaluation (6 prompts in each of 2 harmful sets
+    and 3 benign ones, batch 8: 2 batches) asks for 8 minutes more than its fixed minute, the
+    validation evaluation (4 prompts: 1 batch) for 4, and the tiny model's training for none."""
+    folder = make_tiny_project(tmp_path)
+    (folder / "overlay.yaml").write_text("evaluate: {max_new_tokens: 1000}\ncluster: {runtime: 1}\n")
+    planned = planned_resources(folder, "--configfile", "config/config.yaml", "overlay.yaml")
+    runtimes = {rule: {int(fields["runtime"]) for fields in jobs} for rule, jobs in planned.items()}
+    assert runtimes["evaluate"] == runtimes["evaluate_reference"] == {1 + 8}
+    assert runtimes["evaluate_for_selection"] == {1 + 4}
+    assert runtimes["align"] == runtimes["finetune"] == runtimes["score"] == {1}
+    assert runtimes["prune"] == {10}
 
 
 def test_a_job_given_a_gpu_it_cannot_use_stops_at_once(cluster, tmp_path):
@@ -266,7 +327,7 @@ def test_a_failing_job_is_retried_with_more_memory_and_reported_with_its_logs(ru
 def test_a_rerun_after_the_fix_does_only_what_was_left(runs):
     assert runs["second"].returncode == 0, runs["second"].stderr[-4000:]
     full, rerun = runs["full_plan"], runs["rerun_plan"]
-    done_first = completed(runs["jobs1"])
+    done_first = finished(runs["first"])
     left = {rule: n - done_first[rule] for rule, n in full.items() if n > done_first[rule]}
     # SLURM's accounting holds no local rule: those that need the failed job run again, mask_stats
     # (it reads the masks alone) finished in the first run
@@ -274,7 +335,7 @@ def test_a_rerun_after_the_fix_does_only_what_was_left(runs):
         {r: n for r, n in left.items() if r not in LOCAL_RULES}
     assert {"collect", "tables", "plots"} <= set(rerun) and "mask_stats" not in rerun
     assert rerun[FAILING_RULE] == 1 and "align" not in rerun
-    assert completed(runs["jobs2"]) == Counter({r: n for r, n in rerun.items() if r not in LOCAL_RULES})
+    assert finished(runs["second"]) == Counter({r: n for r, n in rerun.items() if r not in LOCAL_RULES})
     # the results of finished jobs were left as they were
     changed = [p for p, mtime in runs["finished"].items() if not p.exists() or p.stat().st_mtime_ns != mtime]
     assert not changed, changed[:5]
@@ -298,7 +359,9 @@ LONGER_TRAINING = ("align: {train: {epochs: 3, checkpoint_every: 100}}\n"
 # early). A signal that comes before the training loop listens for it is lost: that attempt waits at
 # step 3 without a checkpoint until its time limit, and the retry waits again, for its own signal.
 # A slow start (a cold machine) can cost one such attempt, which the retries absorb.
-SIGNAL_30_S = ("--set-resources", "align:slurm_extra='--signal=URG@30'", "finetune:slurm_extra='--signal=URG@30'")
+# (--set-resources replaces the profile's whole block: the partitions are given again)
+SIGNAL_30_S = ("--set-resources", "align:slurm_extra='--signal=URG@30'", "finetune:slurm_extra='--signal=URG@30'",
+               f"align:slurm_partition={GPU_PARTITION}", f"finetune:slurm_partition={GPU_PARTITION}")
 KILLED_LIMIT_S = 720
 
 

@@ -13,14 +13,17 @@ from .modeling import pick_device, set_threads
 
 
 def start_script(snakemake) -> str:
-    """Send stdout/stderr (progress bars included) to the rule's log; return the device to use."""
+    """Send stdout/stderr (progress bars included) to the rule's log; return the device to use:
+    the model stages' (their ``device`` param, checked by :func:`pick_device`), the CPU for the
+    others (which may run inside a GPU allocation, grouped with the evaluations)."""
     if snakemake.log:
         stream = open(snakemake.log[0], "w", buffering=1)
         sys.stdout = sys.stderr = stream
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", force=True)
     set_threads(snakemake.threads)
-    device = pick_device(getattr(snakemake.params, "device", "auto"))
+    requested = getattr(snakemake.params, "device", None)
+    device = pick_device(requested) if requested else "cpu"
     logging.info("rule %s on %s with %d threads", snakemake.rule, device, snakemake.threads)
     return device
 

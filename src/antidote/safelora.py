@@ -15,7 +15,6 @@ scaling * B_al @ A_al`` comes in low rank; everything here is computed from fact
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -23,27 +22,8 @@ from typing import Callable
 
 import torch
 
+from .modeling import PEFT_PREFIX, lora_modules, lora_scaling, weight_files
 from .paths import SAFELORA_SELECTIONS
-
-# An aligned model brought without its adapter: the weights of module M are "<M>.weight" in the
-# model's files, M being the adapter's module name without PEFT's prefix.
-PEFT_PREFIX = "base_model.model."
-
-
-def lora_modules(weights: dict[str, torch.Tensor]) -> list[str]:
-    """The modules of a PEFT adapter file (``...q_proj`` of ``...q_proj.lora_A.weight``)."""
-    return sorted(n.removesuffix(".lora_A.weight") for n in weights if n.endswith(".lora_A.weight"))
-
-
-def lora_scaling(adapter_config: dict) -> float:
-    """PEFT's scaling of an adapter's update: lora_alpha / r (rsLoRA: / sqrt(r)). C grows with V's
-    scale, so unlike the cosine it depends on it."""
-    if adapter_config.get("rank_pattern") or adapter_config.get("alpha_pattern"):
-        raise ValueError("the alignment adapter sets ranks or alphas per module (rank_pattern, alpha_pattern), "
-                         "which SafeLoRA here does not read")
-    r = adapter_config["r"]
-    return adapter_config["lora_alpha"] / (math.sqrt(r) if adapter_config.get("use_rslora") else r)
-
 
 Factors = tuple[torch.Tensor, torch.Tensor]  # (L, R) with V = L @ R, in float64
 # A module's alignment update, made when it is needed (one module's worth of memory at a time);
@@ -69,15 +49,16 @@ def alignment_from_models(base_dir: Path, aligned_dir: Path) -> AlignmentUpdate:
     weight; its thin QR factors are exact and no larger."""
     from safetensors import safe_open
 
+    files = {model_dir: weight_files(model_dir) for model_dir in (base_dir, aligned_dir)}
+
     def read(model_dir: Path, name: str) -> torch.Tensor:
-        index = model_dir / "model.safetensors.index.json"
-        file = json.loads(index.read_text())["weight_map"].get(name) if index.exists() else "model.safetensors"
-        if file is None:
+        if name not in files[model_dir]:
             raise KeyError(f"{model_dir} holds no weight {name!r}")
-        with safe_open(model_dir / file, framework="pt") as tensors:
+        with safe_open(files[model_dir][name], framework="pt") as tensors:
             return tensors.get_tensor(name).double()
 
     def update(module: str) -> Factors:
+        # an aligned model brought without its adapter: module M's weight is "<M>.weight" in its files
         name = module.removeprefix(PEFT_PREFIX) + ".weight"
         return tuple(torch.linalg.qr(read(aligned_dir, name) - read(base_dir, name)))
 
