@@ -31,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HIDDEN, INTERMEDIATE, VOCAB, HEADS, RANK = 4096, 11008, 32000, 32, 256
+# (hidden size, MLP size, vocabulary, heads, LoRA rank): Llama-2-7B's with the authors' adapter, and
+# a tiny one for a smoke test
+SHAPES = {"llama2-7b": (4096, 11008, 32000, 32, 256), "tiny": (64, 128, 256, 4, 8)}
 
 # Run first in each measured process: the peak of its anonymous resident memory (RssAnon), sampled
 # every 20 ms. Not ru_maxrss: that counts the pages of the mmapped safetensors files too.
@@ -68,50 +70,51 @@ model = load_model(sys.argv[1], sys.argv[2], merge=True, device="cpu", dtype=sys
 }
 
 
-def write_model(folder: Path, layers: int) -> tuple[float, float, int]:
+def write_model(folder: Path, layers: int, shape: str = "llama2-7b") -> tuple[float, float, int]:
     """Random fp32 weights of Llama-2-7B's shapes with ``layers`` layers, one shard per layer, and
     an r=256 q/k/v adapter. Returns the files' size and the updated weights' (GB), and the
     parameter count."""
+    hidden, intermediate, vocab, heads, rank = SHAPES[shape]
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
     model_dir, adapter_dir = folder / "aligned", folder / "adapter"
-    LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers, num_attention_heads=HEADS,
-                num_key_value_heads=HEADS, vocab_size=VOCAB, tie_word_embeddings=False).save_pretrained(model_dir)
+    LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=heads, vocab_size=vocab, tie_word_embeddings=False).save_pretrained(model_dir)
     generator = torch.Generator().manual_seed(0)
 
     def random(*shape):
         return torch.randn(shape, generator=generator) * 0.02
 
-    shapes = {"self_attn.q_proj": (HIDDEN, HIDDEN), "self_attn.k_proj": (HIDDEN, HIDDEN),
-              "self_attn.v_proj": (HIDDEN, HIDDEN), "self_attn.o_proj": (HIDDEN, HIDDEN),
-              "mlp.gate_proj": (INTERMEDIATE, HIDDEN), "mlp.up_proj": (INTERMEDIATE, HIDDEN),
-              "mlp.down_proj": (HIDDEN, INTERMEDIATE)}
-    shards = {"outer.safetensors": {"model.embed_tokens.weight": random(VOCAB, HIDDEN),
-                                    "lm_head.weight": random(VOCAB, HIDDEN), "model.norm.weight": torch.ones(HIDDEN)}}
+    shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden, hidden),
+              "self_attn.v_proj": (hidden, hidden), "self_attn.o_proj": (hidden, hidden),
+              "mlp.gate_proj": (intermediate, hidden), "mlp.up_proj": (intermediate, hidden),
+              "mlp.down_proj": (hidden, intermediate)}
+    shards = {"outer.safetensors": {"model.embed_tokens.weight": random(vocab, hidden),
+                                    "lm_head.weight": random(vocab, hidden), "model.norm.weight": torch.ones(hidden)}}
     weight_map, size, parameters, lora = {}, 0, 0, {}
     for name in ["outer.safetensors", *(f"layer-{i}.safetensors" for i in range(layers))]:
         if name != "outer.safetensors":
             i = int(name[6:-12])
             prefix = f"model.layers.{i}."
             shards[name] = {**{f"{prefix}{m}.weight": random(*shape) for m, shape in shapes.items()},
-                            f"{prefix}input_layernorm.weight": torch.ones(HIDDEN),
-                            f"{prefix}post_attention_layernorm.weight": torch.ones(HIDDEN)}
+                            f"{prefix}input_layernorm.weight": torch.ones(hidden),
+                            f"{prefix}post_attention_layernorm.weight": torch.ones(hidden)}
             for m in ("q_proj", "k_proj", "v_proj"):
                 module = f"base_model.model.model.layers.{i}.self_attn.{m}"
-                lora[f"{module}.lora_A.weight"] = random(RANK, HIDDEN)
-                lora[f"{module}.lora_B.weight"] = random(HIDDEN, RANK)
+                lora[f"{module}.lora_A.weight"] = random(rank, hidden)
+                lora[f"{module}.lora_B.weight"] = random(hidden, rank)
         tensors = shards.pop(name)
         save_file(tensors, model_dir / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(tensors, name))
         size += (model_dir / name).stat().st_size
         parameters += sum(t.numel() for t in tensors.values())
     (model_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    LoraConfig(r=RANK, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj"]).save_pretrained(adapter_dir)
+    LoraConfig(r=rank, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj"]).save_pretrained(adapter_dir)
     save_file(lora, adapter_dir / "adapter_model.safetensors", metadata={"format": "pt"})
-    return size / 1e9, layers * 3 * HIDDEN * HIDDEN * 4 / 1e9, parameters
+    return size / 1e9, layers * 3 * hidden * hidden * 4 / 1e9, parameters
 
 
 def drop_page_cache() -> bool:
@@ -146,14 +149,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="the compute dtype of the evaluation (bf16 on a GPU)")
     parser.add_argument("--dir", type=Path, default=None, help="where to write the model (default: a temporary folder)")
+    parser.add_argument("--shape", choices=SHAPES, default="llama2-7b", help="tiny: a smoke test")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
-        size, updated, parameters = write_model(folder, args.layers)
+        size, updated, parameters = write_model(folder, args.layers, args.shape)
         asked = {"before": 2 * size, "after": size + updated}
         cold = drop_page_cache()
-        print(f"{parameters / 1e9:.2f}B parameters ({args.layers} layers of Llama-2-7B's shapes), fp32 files "
-              f"{size:.1f} GB, r={RANK} adapter on q, k, v; loaded in {args.dtype} on the CPU; "
+        print(f"{parameters / 1e9:.2f}B parameters ({args.layers} layers of {args.shape}'s shapes), fp32 files "
+              f"{size:.1f} GB, r={SHAPES[args.shape][-1]} adapter on q, k, v; loaded in {args.dtype} on the CPU; "
               f"{'cold page cache' if cold else 'page cache not dropped (not root)'}\n")
         print("| evaluation load | file bytes read, GB | from storage (read_bytes), GB | peak anonymous memory, GB "
               "| peak resident memory, GB | wall s |")
@@ -162,7 +166,7 @@ def main() -> None:
             drop_page_cache()
             description, code = WAYS[way]
             read, anonymous, resident, seconds = measure(code, folder, args.dtype)
-            print(f"| {description} ({way}) | {asked[way]:.1f} | {read:.1f} | {anonymous:.1f} | {resident:.1f} "
+            print(f"| {description} ({way}) | {asked[way]:.3g} | {read:.3g} | {anonymous:.3g} | {resident:.3g} "
                   f"| {seconds:.1f} |", flush=True)
 
 

@@ -176,3 +176,26 @@ def test_mask_stats_memory_prints_both_ways_for_a_small_adapter():
     assert [row.split(" | ")[0] for row in rows] == ["| every mask read at once (before)",
                                                      "| one matrix at a time (write_mask_stats)"]
     assert all(float(row.split(" | ")[1]) > 0 for row in rows)
+
+
+def test_evaluation_load_prints_both_ways_for_a_tiny_model():
+    result = subprocess.run([sys.executable, str(REPO / "bench/evaluation_load.py"), "--shape", "tiny", "--layers", "2"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ") and "GB" not in line]
+    assert [row[0].rsplit("(", 1)[1] for row in rows] == ["before)", "after)"]
+    before, after = (float(row[1]) for row in rows)  # the file bytes each way asks for
+    assert after < before
+
+
+def test_training_defense_cost_prints_every_defense_against_sft():
+    from antidote.training_defenses import TRAINING_DEFENSES
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    result = subprocess.run([sys.executable, str(REPO / "bench/training_defense_cost.py"), "--model", "tiny",
+                             "--steps", "6", "--threads", "1"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| ") and "median" not in line]
+    assert [row[0][2:] for row in rows] == list(TRAINING_DEFENSES) and rows[0][2] == "1.00x |"
+    assert all(float(row[1]) > 0 for row in rows)

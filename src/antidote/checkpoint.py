@@ -102,6 +102,6 @@ def fingerprint(*parts, model_dir: Path) -> str:
     for file in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
         stat = file.stat()
         digest.update(f"{file.relative_to(model_dir)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
-    for module in ("train.py", "checkpoint.py", "modeling.py"):
+    for module in ("train.py", "training_defenses.py", "checkpoint.py", "modeling.py"):
         digest.update((Path(__file__).parent / module).read_bytes())
     return digest.hexdigest()

@@ -18,6 +18,7 @@ from .modeling import PROMPT_FORMATS, pick_device, set_threads
 from .paths import SAFELORA_SELECTIONS, evaluation_paths
 from .prune import DEFENSES, MASK_SCOPES
 from .tasks import TASKS
+from .training_defenses import TRAINING_DEFENSES
 
 
 def _json_or_yaml(text: str):
@@ -61,7 +62,8 @@ def cmd_train(a):
 
     train_stage(a.model, a.data, a.out, _json_or_yaml(a.lora), _json_or_yaml(a.train), a.prompt_format,
                 merge=a.merge, device=pick_device(a.device), dtype=a.dtype, checkpoint_dir=a.checkpoints,
-                checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes)
+                checkpoint_every=a.checkpoint_every, checkpoint_minutes=a.checkpoint_minutes, defense=a.defense,
+                defense_settings=_json_or_yaml(a.defense_settings), guide_files=a.guide)
 
 
 def cmd_score(a):
@@ -183,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=float, default=30, help="minutes between checkpoints (default 30; "
                    "also one at each epoch's end)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints too (default: none)")
+    p.add_argument("--defense", default="sft", help="a training-time defense: "
+                   + "; ".join(f"{name}: {spec.summary}" for name, spec in TRAINING_DEFENSES.items()))
+    p.add_argument("--defense-settings", default="{}", help="the defense's settings, YAML inline or file "
+                   "(ldifs: rho, threshold; lisa: rho, alignment_steps, finetune_steps)")
+    p.add_argument("--guide", type=Path, nargs="+", help="lisa's guide data: JSONL with instruction/output (safe answers)")
     model_options(p)
 
     p = add("score", cmd_score, "calibration feature norms n_j of every LoRA matrix (safetensors: name -> n_j)")

@@ -27,6 +27,7 @@ from .safelora import alignment_from_adapter, alignment_from_models, safelora
 from .tasks import TASKS
 from .quantization import check_quantization, load_base_for_training
 from .train import LoraSettings, TrainSettings, check_prompts_fit, train_lora
+from .training_defenses import TRAINING_DEFENSES
 
 # What every training record holds (stage 1's and 2's JSONL; ``input`` is optional)
 TRAINING_FIELDS = ("instruction", "output")
@@ -147,7 +148,9 @@ def write_answers(model_dir: Path, prompts_file: Path, out_file: Path, prompt_fo
 def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: dict, training: dict,
                 prompt_format: str, merge: bool, device: str = "cpu", dtype: str = "auto",
                 adapter_dir: Path | None = None, checkpoint_dir: Path | None = None,
-                checkpoint_every: int | None = None, checkpoint_minutes: float | None = 30) -> None:
+                checkpoint_every: int | None = None, checkpoint_minutes: float | None = 30,
+                defense: str = "sft", defense_settings: dict | None = None,
+                guide_files: list[Path] | None = None) -> None:
     """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter).
 
     Stage 1 merges its adapter into the base's fp32 weights (:func:`merged_in_fp32`) and saves
@@ -160,6 +163,9 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     steps, if set), at each epoch's end, at the last step and after
     :data:`~antidote.checkpoint.CHECKPOINT_SIGNAL`, goes on from one of
     the same settings and data if there is one, and removes it once the output is in place.
+    ``defense`` (with ``defense_settings``) is a training-time defense
+    (:data:`~antidote.training_defenses.TRAINING_DEFENSES`); Lisa reads its guide data from
+    ``guide_files`` (the alignment data: refusals and benign answers).
     """
     settings = TrainSettings(**training)
     check_quantization(settings.quantization, device)  # before the tokenizer or any model is loaded
@@ -169,9 +175,16 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     tokenizer = load_tokenizer(model_dir, padding_side="right")
     check_prompts_fit(tokenizer, records, prompt_format, settings.max_length)
     records = [r for _, r in records]
+    spec = TRAINING_DEFENSES.get(defense)
+    if spec is None:
+        raise ValueError(f"unknown training defense {defense!r}; expected one of {sorted(TRAINING_DEFENSES)}")
+    guide = [r for f in guide_files or [] for _, r in jsonl_rows(f, TRAINING_FIELDS)] if spec.guide else []
+    if spec.guide and not guide:
+        raise DataError(f"defense {defense!r} reads guide data (the alignment data's safe answers): none given")
     checkpoints = None
     if checkpoint_dir:
-        settings_used = [asdict(LoraSettings(**lora)), asdict(settings), prompt_format, dtype]
+        settings_used = [asdict(LoraSettings(**lora)), asdict(settings), prompt_format, dtype, defense,
+                         defense_settings or {}, guide]
         checkpoints = Checkpoints(checkpoint_dir, fingerprint(settings_used, records, model_dir=model_dir),
                                   checkpoint_every, checkpoint_minutes)
     # the signal that asks for a checkpoint may come while a large model is still loading
@@ -180,7 +193,8 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
         with atomic_path(out_dir) as temp:
             temp.mkdir()
             peft_model = train_lora(model, tokenizer, records, LoraSettings(**lora), settings, prompt_format,
-                                    log_path=temp / "train_log.jsonl", checkpoints=checkpoints)
+                                    log_path=temp / "train_log.jsonl", checkpoints=checkpoints, defense=defense,
+                                    defense_settings=defense_settings, guide_records=guide)
             if merge:
                 with tempfile.TemporaryDirectory() as scratch:
                     peft_model.save_pretrained(scratch)

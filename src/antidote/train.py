@@ -32,6 +32,7 @@ from .checkpoint import CHECKPOINT_SIGNAL, Checkpoints
 from .modeling import encode_prompt, format_prompt
 from .quantization import check_training_model, import_bitsandbytes
 from .records import DataError
+from .training_defenses import TRAINING_DEFENSES
 
 IGNORE_INDEX = -100
 # Test hooks (tests/test_resume.py, tests/test_slurm.py): a training that started from step 0, not from
@@ -205,10 +206,13 @@ def _test_hook(name: str) -> int | None:
 
 
 def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settings: TrainSettings,
-               prompt_format: str, log_path: Path | None = None, checkpoints: Checkpoints | None = None):
+               prompt_format: str, log_path: Path | None = None, checkpoints: Checkpoints | None = None,
+               defense: str = "sft", defense_settings: dict | None = None, guide_records: list[dict] | None = None):
     """Wrap ``model`` in a new LoRA adapter, train it on ``records``, return the PEFT model.
     With ``checkpoints``, go on from the latest checkpoint of the same fingerprint, and save new ones
-    (also at the step after a request in ``checkpoints.requested``: :meth:`Checkpoints.on_signal`)."""
+    (also at the step after a request in ``checkpoints.requested``: :meth:`Checkpoints.on_signal`).
+    ``defense``: a training-time defense of :data:`~antidote.training_defenses.TRAINING_DEFENSES`,
+    with its ``defense_settings``; one that reads guide data (Lisa) reads ``guide_records``."""
     check_training_model(model, settings.quantization)
     torch.manual_seed(settings.seed)
     model = add_lora(model, lora)
@@ -227,6 +231,16 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
     schedule = make_schedule(optimizer, settings, total_steps)
     device = next(model.parameters()).device
 
+    def batch_of(chosen: list[dict]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in collate(chosen, tokenizer.pad_token_id).items()}
+
+    spec = TRAINING_DEFENSES[defense]
+    guide = {}
+    if spec.guide:
+        guide = dict(guide=[tokenize_example(tokenizer, r, prompt_format, settings.max_length) for r in guide_records or []],
+                     collate=batch_of, batch_size=settings.batch_size, seed=settings.seed)
+    training_defense = spec.make(model, total_steps, **guide, **(defense_settings or {}))
+
     # step: optimizer steps done; done_in_epoch: batches of the current epoch done, whose order
     # epoch_batches draws again from the random state at the epoch's start
     step, done_in_epoch, history = 0, 0, []
@@ -242,6 +256,7 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         step, done_in_epoch, history = state["step"], state["done_in_epoch"], state["log"]
+        training_defense.load_state_dict(state["defense"])
         logging.info("resuming from the checkpoint %s: step %d of %d", checkpoints.file, step, total_steps)
     resumed_at = step
 
@@ -252,7 +267,7 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
         saving = time.time()
         checkpoints.save({
             "step": step, "epoch_rng": epoch_rng, "done_in_epoch": done, "log": history,
-            "adapter": {name: p.detach() for name, p in trainable.items()},
+            "adapter": {name: p.detach() for name, p in trainable.items()}, "defense": training_defense.state_dict(),
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []})
         logging.info("checkpoint at step %d of %d written in %.3f s", step, total_steps, time.time() - saving)
@@ -267,9 +282,11 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
         epoch_rng = rng.getstate()
         batches = epoch_batches(lengths, settings, rng)
         for done, batch_ids in enumerate(batches[done_in_epoch:], done_in_epoch + 1):
-            batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_ids], tokenizer.pad_token_id).items()}
+            batch = training_defense.batch(batch_of([examples[i] for i in batch_ids]), step)
             require_answer_tokens(batch, settings.max_length)
-            loss = train_step(model, batch, optimizer, params, settings.max_grad_norm)
+            loss = train_step(model, batch, optimizer, params, settings.max_grad_norm,
+                              lambda m, b: training_defense.loss(m, b, step, answer_loss))
+            training_defense.after_step(step)
             schedule.step()
             step += 1
             progress.update(1)

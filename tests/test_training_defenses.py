@@ -1,0 +1,249 @@
+"""The training-time defenses against transcriptions of the authors' trainers (git-disl/Antidote,
+trainer.py: LDIFSTrainer, ADMMTrainer), and through the one training loop."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from antidote.train import LoraSettings, TrainSettings, answer_loss, collate, tokenize_example, train_lora
+from antidote.training_defenses import LDIFS, TRAINING_DEFENSES, Lisa
+
+from conftest import build_tokenizer
+
+RECORDS = [{"instruction": f"Write a poem about the number {i}.", "output": f"Number {i} is round and fine."}
+           for i in range(6)]
+GUIDE = [{"instruction": f"How do I hurt someone, way {i}?", "output": "I'm sorry, I can't help with that."}
+         for i in range(5)]
+
+
+def peft_model(model_dir):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj"]))
+
+
+def batch_of(records, tokenizer):
+    return collate([tokenize_example(tokenizer, r, "chat", 96) for r in records], tokenizer.pad_token_id)
+
+
+def move_adapter(model, seed=1, scale=0.5):
+    """The adapter after some training: every LoRA weight moved (lora_B from 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=generator) * scale)
+
+
+def authors_ldifs_loss(model, alignment_model, inputs, rho):
+    """LDIFSTrainer.training_step's loss, transcribed: hooks on base_model.model.model.layers.{i}.mlp
+    of the model and of its deep copy made at step 0, a layer's term added only while below 0.1."""
+    def register_activation_hook(m):
+        activations, hooks, i = {}, [], 0
+        for name, module in m.named_modules():
+            if name == f"base_model.model.model.layers.{i}.mlp":
+                hooks.append(module.register_forward_hook(
+                    lambda _m, _in, val, name=name: activations.__setitem__(name, val)))
+                i += 1
+        return activations, hooks
+
+    activations, hooks = register_activation_hook(model)
+    loss = answer_loss(model, inputs)
+    alignment_activations, alignment_hooks = register_activation_hook(alignment_model)
+    alignment_model(inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    for name in alignment_activations:
+        proximal_loss = rho / 2 * torch.norm(activations[name] - alignment_activations[name]) ** 2
+        if proximal_loss < 0.1:
+            loss = loss + proximal_loss
+    for hook in hooks + alignment_hooks:
+        hook.remove()
+    return loss
+
+
+def test_ldifs_loss_and_gradient_equal_the_authors(tiny_model_dir):
+    tokenizer = build_tokenizer()
+    model = peft_model(tiny_model_dir)
+    alignment_model = copy.deepcopy(model)  # theirs, at step 0
+    ldifs = LDIFS(model, total_steps=10)
+    move_adapter(model)
+    batch = batch_of(RECORDS[:3], tokenizer)
+    # rho such that one layer's term is above their 0.1 and the other below (their mean at 0.1): the quirk matters
+    distances = sorted(t.item() for t in ldifs.terms(model, batch).values())
+    assert len(distances) == 2 and distances[0] < distances[1]
+    ldifs.rho = 0.2 * ldifs.rho / (distances[0] + distances[1])
+    terms = sorted(t.item() for t in ldifs.terms(model, batch).values())
+    assert terms[0] < 0.1 < terms[1]
+
+    def gradients(loss):
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours = ldifs.loss(model, batch, 0, answer_loss)
+    theirs = authors_ldifs_loss(model, alignment_model, batch, ldifs.rho)
+    assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    assert ours.item() != pytest.approx(answer_loss(model, batch).item())  # the term below 0.1 is in
+    ours_grad, theirs_grad = gradients(ldifs.loss(model, batch, 0, answer_loss)), gradients(
+        authors_ldifs_loss(model, alignment_model, batch, ldifs.rho))
+    assert all(torch.allclose(ours_grad[n], theirs_grad[n], rtol=1e-4, atol=1e-5) for n in ours_grad)
+    plain = gradients(answer_loss(model, batch))
+    assert any(not torch.allclose(ours_grad[n], plain[n], rtol=1e-3, atol=1e-5) for n in ours_grad)
+    ldifs.threshold = None  # the clean form: every layer's term
+    assert ldifs.loss(model, batch, 0, answer_loss).item() == pytest.approx(
+        answer_loss(model, batch).item() + sum(terms), rel=1e-5)
+
+
+class AuthorsADMM:
+    """ADMMTrainer's check_mode, switch_model and the proximal part of training_step, transcribed
+    (their status starts at "alignment"; sample_from_alignment is the next guide batch given)."""
+
+    def __init__(self, model, alignment_step, finetune_step, rho, total_steps, guide_batches):
+        self.model, self.rho, self.total = model, rho, total_steps
+        self.alignment_step, self.finetune_step = alignment_step, finetune_step
+        self.status, self.clock, self.steps = "alignment", 0, 0
+        self.alignment_weights = {n: p.data.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.finetune_weights = {n: p.data.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        self.guide = iter(guide_batches)
+
+    def switch_model(self):
+        target = self.finetune_weights if self.status == "alignment" else self.alignment_weights
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                target[name] = param.data.detach().clone()
+
+    def check_mode(self, inputs):
+        if self.status == "alignment":
+            if self.clock % self.alignment_step == 0 and self.steps != 0 and self.finetune_step != 0:
+                self.status = "finetune"
+                self.switch_model()
+                self.clock = 0
+            else:
+                inputs = next(self.guide)
+        else:
+            if self.clock % self.finetune_step == 0 and self.steps != 0 and self.alignment_step != 0:
+                self.status = "alignment"
+                self.switch_model()
+                inputs = next(self.guide)
+                self.clock = 0
+        return inputs
+
+    def loss(self, inputs):
+        loss = answer_loss(self.model, inputs)
+        if self.steps > 0.1 * self.total:
+            anchor = self.finetune_weights if self.status == "alignment" else self.alignment_weights
+            for name, param in self.model.named_parameters():
+                if param.requires_grad and self.rho > 0:
+                    loss += self.rho / 2 * torch.norm(param - anchor[name]) ** 2
+        return loss
+
+
+def test_lisa_phases_anchors_and_proximal_terms_equal_the_authors(tiny_model_dir):
+    """Two copies of a model trained side by side, one by Lisa, one by the transcription: the same
+    batch at every step (guide or fine-tuning), the same loss, the same weights after."""
+    tokenizer = build_tokenizer()
+    ours_model = peft_model(tiny_model_dir)
+    move_adapter(ours_model, scale=0.05)
+    theirs_model = copy.deepcopy(ours_model)
+    guide = [tokenize_example(tokenizer, r, "chat", 96) for r in GUIDE]
+    drawn = []
+
+    def collate_and_keep(chosen):
+        drawn.append(collate(chosen, tokenizer.pad_token_id))
+        return drawn[-1]
+
+    total = 20
+    lisa = Lisa(ours_model, total, guide, collate_and_keep, batch_size=2, rho=0.5, alignment_steps=2,
+                finetune_steps=3)
+    theirs = AuthorsADMM(theirs_model, 2, 3, 0.5, total, iter(lambda: drawn.pop(0), None))
+    optimizers = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.05)
+                  for m in (ours_model, theirs_model)]
+    phases = []
+    for step in range(total):
+        finetune_batch = batch_of([RECORDS[step % 6], RECORDS[(step + 1) % 6]], tokenizer)
+        ours_batch = lisa.batch(finetune_batch, step)
+        theirs_batch = theirs.check_mode(finetune_batch)
+        assert all(torch.equal(ours_batch[k], theirs_batch[k]) for k in ours_batch), step
+        phases.append(lisa.phase)
+        assert lisa.phase == theirs.status
+        losses = [lisa.loss(ours_model, ours_batch, step, answer_loss), theirs.loss(theirs_batch)]
+        assert torch.allclose(*losses, rtol=1e-5), step
+        for loss, optimizer in zip(losses, optimizers):
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        lisa.after_step(step)
+        theirs.steps, theirs.clock = theirs.steps + 1, theirs.clock + 1
+    assert "".join(p[0] for p in phases) == "aafffaafffaafffaafff"
+    for (name, p), q in zip(ours_model.named_parameters(), theirs_model.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7), name
+
+
+def test_lisa_state_round_trip_goes_on_as_without_it(tiny_model_dir):
+    tokenizer = build_tokenizer()
+    guide = [tokenize_example(tokenizer, r, "chat", 96) for r in GUIDE]
+    keep = lambda chosen: collate(chosen, tokenizer.pad_token_id)  # noqa: E731
+    model = peft_model(tiny_model_dir)
+    lisa = Lisa(model, 12, guide, keep, batch_size=2, alignment_steps=2, finetune_steps=3)
+    for step in range(4):
+        lisa.batch({}, step)
+        lisa.after_step(step)
+    resumed = Lisa(model, 12, guide, keep, batch_size=2, alignment_steps=2, finetune_steps=3, seed=7)
+    resumed.load_state_dict(copy.deepcopy(lisa.state_dict()))
+    for step in range(4, 12):
+        a, b = lisa.batch({"x": step}, step), resumed.batch({"x": step}, step)
+        assert a.keys() == b.keys() and all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)
+        lisa.after_step(step), resumed.after_step(step)
+
+
+@pytest.mark.parametrize("defense", sorted(TRAINING_DEFENSES))
+def test_every_training_defense_trains_through_the_one_loop(tiny_model_dir, defense):
+    tokenizer = build_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    settings = {"lisa": {"alignment_steps": 1, "finetune_steps": 1}}.get(defense, {})
+    trained = train_lora(model, tokenizer, RECORDS, LoraSettings(r=4, alpha=8),
+                         TrainSettings(epochs=2, batch_size=3, learning_rate=1e-2, max_length=96), "chat",
+                         defense=defense, defense_settings=settings, guide_records=GUIDE)
+    moved = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert moved and all(p.abs().sum() > 0 for p in moved)
+
+
+def test_lisa_without_guide_data_is_refused(tiny_model_dir):
+    with pytest.raises(ValueError, match="no guide data"):
+        Lisa(peft_model(tiny_model_dir), 4, [], lambda chosen: {}, batch_size=2)
+
+
+def test_a_killed_lisa_training_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
+    """`antidote train --defense lisa` killed (SIGKILL) after step 5, between checkpoints, and run
+    again: it resumes in its phase, with its anchors and its place in the guide data, and ends with
+    the adapter, to the byte, of a training never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from antidote.train import KILL_AFTER_STEP
+    from conftest import write_jsonl
+
+    write_jsonl(tmp_path / "data.jsonl", RECORDS)
+    write_jsonl(tmp_path / "guide.jsonl", GUIDE)
+
+    def train(out, env=None):
+        command = [sys.executable, "-m", "antidote.cli", "--threads", "1", "train", "--model", str(tiny_model_dir),
+                   "--data", str(tmp_path / "data.jsonl"), "--out", str(tmp_path / out),
+                   "--train", "{epochs: 4, learning_rate: 1.0e-2, batch_size: 2, max_length: 96}",
+                   "--lora", "{r: 4, alpha: 8, dropout: 0.1}", "--checkpoints", str(tmp_path / f"checkpoints-{out}"),
+                   "--checkpoint-every", "2", "--device", "cpu", "--defense", "lisa",
+                   "--defense-settings", "{rho: 0.5, alignment_steps: 2, finetune_steps: 3}",
+                   "--guide", str(tmp_path / "guide.jsonl")]
+        return subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+    done = train("reference")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert train("killed", {KILL_AFTER_STEP: "5"}).returncode == -signal.SIGKILL
+    resumed = train("killed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from the checkpoint" in resumed.stderr and "step 4 of 12" in resumed.stderr
+    adapter = "adapter_model.safetensors"
+    assert (tmp_path / "killed" / adapter).read_bytes() == (tmp_path / "reference" / adapter).read_bytes()
