@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from antidote.train import LoraSettings, TrainSettings, answer_loss, collate, tokenize_example, train_lora
-from antidote.training_defenses import LDIFS, TRAINING_DEFENSES, Lisa
+from antidote.training_defenses import LDIFS, TRAINING_DEFENSES, Lisa, Vaccine
 
 from conftest import build_tokenizer
 
@@ -93,6 +93,56 @@ def test_ldifs_loss_and_gradient_equal_the_authors(tiny_model_dir):
     ldifs.threshold = None  # the clean form: every layer's term
     assert ldifs.loss(model, batch, 0, answer_loss).item() == pytest.approx(
         answer_loss(model, batch).item() + sum(terms), rel=1e-5)
+
+
+def authors_vaccine_step(model, inputs, rho):
+    """BaseTrainer.training_step, transcribed: backward hooks record grad_output[0] of every
+    LlamaAttention (their get_leaf_modules_with_grad), scaled by rho / (global norm + 1e-7); the
+    second pass adds it to output[0].data in forward hooks; its loss and gradients are the step's."""
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    layers = [m for m in model.modules() if isinstance(m, LlamaAttention)]
+    gradient = {}
+    hooks = [m.register_backward_hook(  # theirs: the module-level hook torch has since deprecated
+        lambda module, _gi, grad_output: gradient.__setitem__(module, grad_output[0].detach().clone()))
+        for m in layers]
+    answer_loss(model, inputs).backward()
+    for hook in hooks:
+        hook.remove()
+    grad_norm = torch.norm(torch.stack([gradient[m].norm(p=2) for m in gradient]), p=2)
+    for m in gradient:
+        gradient[m] = (gradient[m] * (rho / (grad_norm + 1e-7))).detach().clone()
+    model.zero_grad()
+
+    def purturbation_hook(module, _input, output):
+        output[0].data = output[0] + gradient[module]
+        return output
+
+    hooks = [m.register_forward_hook(purturbation_hook) for m in layers]
+    loss = answer_loss(model, inputs)
+    loss.backward()
+    for hook in hooks:
+        hook.remove()
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_vaccine_step_equals_the_authors(tiny_model_dir):
+    tokenizer = build_tokenizer()
+    model = peft_model(tiny_model_dir)
+    move_adapter(model, scale=0.05)
+    batch = batch_of(RECORDS[:3], tokenizer)
+    theirs_model = copy.deepcopy(model)  # torch allows no module both kinds of backward hook, even one after the other
+    vaccine = Vaccine(model, total_steps=10, rho=2.0)
+    ours = vaccine.loss(model, batch, 0, answer_loss)
+    ours.backward()
+    ours_grad = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    theirs, theirs_grad = authors_vaccine_step(theirs_model, batch, 2.0)
+    assert torch.allclose(ours, theirs, rtol=1e-5)
+    assert all(torch.allclose(ours_grad[n], theirs_grad[n], rtol=1e-4, atol=1e-6) for n in ours_grad)
+    model.zero_grad()
+    answer_loss(model, batch).backward()  # the perturbation changes the update
+    assert any(not torch.allclose(ours_grad[n], p.grad, rtol=1e-3, atol=1e-6)
+               for n, p in model.named_parameters() if p.requires_grad)
 
 
 class AuthorsADMM:

@@ -185,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=float, default=30, help="minutes between checkpoints (default 30; "
                    "also one at each epoch's end)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints too (default: none)")
-    p.add_argument("--defense", default="sft", help="a training-time defense: "
+    p.add_argument("--defense", default="sft", choices=list(TRAINING_DEFENSES), help="a training-time defense: "
                    + "; ".join(f"{name}: {spec.summary}" for name, spec in TRAINING_DEFENSES.items()))
     p.add_argument("--defense-settings", default="{}", help="the defense's settings, YAML inline or file "
-                   "(ldifs: rho, threshold; lisa: rho, alignment_steps, finetune_steps)")
+                   "(vaccine: rho; ldifs: rho, threshold; lisa: rho, alignment_steps, finetune_steps)")
     p.add_argument("--guide", type=Path, nargs="+", help="lisa's guide data: JSONL with instruction/output (safe answers)")
     model_options(p)
 

@@ -12,6 +12,11 @@ the difference named:
   term is added only while it is below 0.1 (``threshold``; ``null`` adds every term, the clean
   form). The aligned model is this model with its adapter switched off: their deep copy of the
   model at step 0, whose fresh adapter adds nothing, computes the same features.
+- ``vaccine`` (``BaseTrainer``, an alignment-stage defense): each step runs twice. The first pass
+  records the gradient of the loss at the output of every attention block; those gradients,
+  scaled together to norm ``rho`` (``rho * g / (||g|| + 1e-7)``, ``||g||`` over all blocks), are
+  added to the same outputs in the second pass as a constant perturbation, and the second pass's
+  gradient is the update (the first pass's is dropped).
 - ``lisa`` (``ADMMTrainer``): alignment steps on the guide data (safe answers) and fine-tuning
   steps alternate, ``alignment_steps`` then ``finetune_steps``, starting with alignment. Each
   phase's loss gains ``rho/2 * ||w - w_other||^2`` over the trainable weights, ``w_other`` the
@@ -30,8 +35,10 @@ from typing import Callable
 
 import torch
 
-# A decoder layer's MLP, by module name: ...model.layers.3.mlp (Llama, Qwen2, Mistral, Gemma)
+# A decoder layer's MLP and attention block, by module name: ...model.layers.3.mlp, ...layers.3.self_attn
+# (Llama, Qwen2, Mistral, Gemma)
 MLP_MODULE = re.compile(r"(?:^|\.)layers\.\d+\.mlp$")
+ATTENTION_MODULE = re.compile(r"(?:^|\.)layers\.\d+\.self_attn$")
 
 
 class TrainingDefense:
@@ -111,6 +118,43 @@ class LDIFS(TrainingDefense):
         return loss + sum(t for t in terms.values() if self.threshold is None or t < self.threshold)
 
 
+class Vaccine(TrainingDefense):
+    """Perturbation-aware alignment: the update is the gradient at attention outputs perturbed by
+    the first pass's own gradient, scaled to norm rho (see the module's text)."""
+
+    def __init__(self, model, total_steps: int, rho: float = 2.0):
+        super().__init__(model, total_steps)
+        self.rho = rho
+        self.blocks = {name: m for name, m in model.named_modules() if ATTENTION_MODULE.search(name)}
+        if not self.blocks:
+            raise ValueError("vaccine: the model has no attention block (a module named ...layers.N.self_attn)")
+
+    def perturbations(self, model, batch, task_loss) -> dict[str, torch.Tensor]:
+        """The first pass: the loss's gradient at each block's output, scaled together to norm rho."""
+        gradients = {}
+        hooks = [m.register_full_backward_hook(
+            lambda _m, _grad_in, grad_out, name=name: gradients.__setitem__(name, grad_out[0].detach().clone()))
+            for name, m in self.blocks.items()]
+        try:
+            task_loss(model, batch).backward()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        model.zero_grad(set_to_none=True)
+        norm = torch.stack([g.norm(p=2) for g in gradients.values()]).norm(p=2)
+        return {name: g * (self.rho / (norm + 1e-7)) for name, g in gradients.items()}
+
+    def loss(self, model, batch, step, task_loss):
+        shift = self.perturbations(model, batch, task_loss)
+        hooks = [m.register_forward_hook(lambda _m, _in, out, name=name: (out[0] + shift[name], *out[1:]))
+                 for name, m in self.blocks.items()]
+        try:
+            return task_loss(model, batch)
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
 class Lisa(TrainingDefense):
     """Alternating alignment and fine-tuning steps with proximal terms (see the module's text).
     ``guide``: the guide data's tokenized examples, and ``collate`` makes a batch of some of them;
@@ -181,6 +225,9 @@ class TrainingDefenseSpec:
 # The training-time defenses, by the name the config gives them.
 TRAINING_DEFENSES = {
     "sft": TrainingDefenseSpec(TrainingDefense, "any", False, "plain supervised fine-tuning on the answers"),
+    "vaccine": TrainingDefenseSpec(Vaccine, "align", False,
+                                   "alignment whose update is the gradient under a perturbation of the attention "
+                                   "outputs along their own gradient, of norm rho (2)"),
     "ldifs": TrainingDefenseSpec(LDIFS, "finetune", False,
                                  "fine-tuning with a feature-space distance to the aligned model's MLP outputs "
                                  "(rho 1e-4; a layer's term only while below 0.1)"),
