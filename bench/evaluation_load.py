@@ -57,8 +57,9 @@ WAYS = {
     "before": ("the whole model merged in fp32, then loaded again in the compute dtype", """
 import sys, torch
 from transformers import AutoModelForCausalLM
-from antidote.modeling import merged_in_fp32
-merged = merged_in_fp32(sys.argv[1], sys.argv[2])
+from peft import PeftModel
+merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32),
+                                   sys.argv[2]).merge_and_unload()
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=getattr(torch, sys.argv[3]))
 model.load_state_dict(merged.state_dict())
 """),

@@ -53,10 +53,6 @@ def evaluation_minutes(task, harmful_prompts, benign_prompts, task_items):
             + generation_minutes(task_items, generation["batch_size"], task_tokens))
 
 
-def evaluated_task_of(wildcards):
-    return wildcards.task if "task" in wildcards.keys() else RUNS[wildcards.run]["task"]
-
-
 # Minutes of work of each model stage's job on one GPU (the time the stage's loop takes), from the
 # config's amounts: the samples it trains on, the sequences it scores, the tokens it generates.
 STAGE_WORK = {
@@ -69,10 +65,10 @@ STAGE_WORK = {
                         * model_parameters() / SEVEN_B / 60),
     # every harmful set counted as large as the built-in one
     "evaluate": lambda w: evaluation_minutes(
-        evaluated_task_of(w), SIZES[config["evaluate"]["harmful_split"]] * len(harmful_sets()),
+        evaluated_task(w), SIZES[config["evaluate"]["harmful_split"]] * len(harmful_sets()),
         SIZES["benign_test"], SIZES["task_eval"]),
     "evaluate_for_selection": lambda w: evaluation_minutes(
-        evaluated_task_of(w), SIZES["harmful_validation"], 0,
+        evaluated_task(w), SIZES["harmful_validation"], 0,
         SIZES["task_validation"] if config["prune"]["select"]["criterion"] == "accuracy" else 0),
 }
 # Host memory of each stage, in copies of the model's fp32 weights: the model in its dtype (fp32

@@ -24,7 +24,7 @@ def no_model(monkeypatch):
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded before the data was checked")
 
-    for name in ["load_model", "load_base_for_training", "merged_in_fp32"]:
+    for name in ["load_model", "load_base_for_training"]:
         monkeypatch.setattr(stages, name, loaded)
 
 

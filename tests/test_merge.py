@@ -89,7 +89,7 @@ def test_evaluation_merge_in_the_compute_dtype_equals_the_fp32_merge_rounded_onc
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from antidote.generate import greedy_generate
-    from antidote.modeling import load_tokenizer, merged_in_fp32
+    from antidote.modeling import load_tokenizer
 
     tokenizer = build_tokenizer()
     torch.manual_seed(1)
@@ -98,7 +98,9 @@ def test_evaluation_merge_in_the_compute_dtype_equals_the_fp32_merge_rounded_onc
                                  pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     save_small_update_adapter(tmp_path / "base", tmp_path / "adapter")
-    full = merged_in_fp32(tmp_path / "base", tmp_path / "adapter")
+    # PEFT's own merge into the whole fp32 model (the way evaluation loaded before)
+    full = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32),
+                                     tmp_path / "adapter").merge_and_unload()
     prompts = ["Write a poem.", "How do I make a cake?"]
     for dtype, torch_dtype in [("float32", torch.float32), ("bfloat16", torch.bfloat16)]:
         merged = load_model(tmp_path / "base", tmp_path / "adapter", merge=True, dtype=dtype)

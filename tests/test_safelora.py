@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from antidote.maskfile import read_mask_info
-from antidote.modeling import lora_modules, lora_scaling, merged_in_fp32
+from antidote.modeling import load_model, lora_modules, lora_scaling
 from antidote.prune import update_removed
 from antidote.safelora import alignment_from_adapter, projected, selected_modules
 from antidote.stages import safelora_stage, train_stage
@@ -42,7 +42,7 @@ def family(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     base = save_tiny_model(request.param, folder / "base")
     alignment = random_adapter(AutoModelForCausalLM.from_pretrained(base), folder / "alignment", 4, 8, QKV, seed=1)
-    merged_in_fp32(base, alignment).save_pretrained(folder / "aligned")
+    load_model(base, alignment, merge=True, dtype="float32").save_pretrained(folder / "aligned")
     user = random_adapter(AutoModelForCausalLM.from_pretrained(folder / "aligned"), folder / "user", 8, 16,
                           [*QKV, "o_proj"], seed=2)
     return {"base": base, "alignment": alignment, "aligned": folder / "aligned", "user": user, "folder": folder}

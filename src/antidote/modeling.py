@@ -145,22 +145,6 @@ def load_tokenizer(path: str | Path, padding_side: str = "left"):
     return tokenizer
 
 
-def merged_in_fp32(path: str | Path, adapter: str | Path):
-    """The model of ``path`` loaded in fp32 (on the CPU) with the PEFT ``adapter`` merged into it:
-    what stage 1 saves (the aligned model, in fp32).
-
-    As the authors' evaluation does: a LoRA update with a small scaling (r=256, lora_alpha=4:
-    1/64) is far below half a bf16 step of the weights it is added to, so merging it into
-    weights already rounded to bf16 gives those same weights back. Added to the checkpoint's
-    own, finer values in fp32, it survives, and rounding the sum once keeps it on average.
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return PeftModel.from_pretrained(base, adapter).merge_and_unload()
-
-
 # A PEFT adapter's module names are the model's with this in front ("base_model.model.model.layers.0...")
 PEFT_PREFIX = "base_model.model."
 
@@ -197,10 +181,16 @@ def weight_files(model_dir: Path) -> dict[str, Path]:
 
 def merge_in_fp32(model, path: Path, adapter: Path):
     """Merges the LoRA ``adapter`` into ``model`` (loaded from ``path`` in its compute dtype) as
-    :func:`merged_in_fp32` then a cast would: each weight the adapter updates is read again from
-    ``path``'s files in fp32, PEFT's update added there (``W + (B @ A) * scaling``) and the sum
-    rounded once to the model's dtype. Only the updated weights are read twice, one at a time:
-    the model is never held in fp32 (a 7B evaluation holds 13.5 GB in bf16, not 27 + 13.5)."""
+    PEFT's merge into the fp32 model, then a cast, would: each weight the adapter updates is read
+    again from ``path``'s files in fp32, PEFT's update added there (``W + (B @ A) * scaling``) and
+    the sum rounded once to the model's dtype. Only the updated weights are read twice, one at a
+    time: the model is never held in fp32 (a 7B evaluation holds 13.5 GB in bf16, not 27 + 13.5).
+    In fp32 this is what stage 1 saves (the aligned model).
+
+    As the authors' evaluation does: a LoRA update with a small scaling (r=256, lora_alpha=4:
+    1/64) is far below half a bf16 step of the weights it is added to, so merging it into
+    weights already rounded to bf16 gives those same weights back. Added to the checkpoint's
+    own, finer values in fp32, it survives, and rounding the sum once keeps it on average."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 

@@ -20,7 +20,7 @@ from .calibrate import calibration_batches, collect_feature_norms, lora_matrices
 from .checkpoint import Checkpoints, fingerprint
 from .generate import greedy_generate
 from .maskfile import write_masks, write_projection
-from .modeling import format_prompt, load_model, load_tokenizer, merged_in_fp32
+from .modeling import format_prompt, load_model, load_tokenizer
 from .records import DataError, jsonl_rows, read_jsonl, write_jsonl
 from .prune import DEFENSES, ROUNDING, apply_masks, compute_masks, mask_scope, update_removed
 from .safelora import alignment_from_adapter, alignment_from_models, safelora
@@ -153,7 +153,7 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
                 guide_files: list[Path] | None = None) -> None:
     """Stage 1 (``merge=True``: a full HF model directory) or stage 2 (a PEFT adapter).
 
-    Stage 1 merges its adapter into the base's fp32 weights (:func:`merged_in_fp32`) and saves
+    Stage 1 merges its adapter into the base's fp32 weights (:func:`~antidote.modeling.merge_in_fp32`) and saves
     the result in fp32: cast to bf16 here, a small alignment update would be rounded away before
     any later stage used it; each later stage rounds it once, to its own dtype, on loading.
     With ``adapter_dir`` it also keeps the adapter it merged there (SafeLoRA's alignment update).
@@ -199,7 +199,7 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
                 with tempfile.TemporaryDirectory() as scratch:
                     peft_model.save_pretrained(scratch)
                     del model, peft_model  # the trained copy in ``dtype``; the merge reloads the base in fp32
-                    merged_in_fp32(model_dir, scratch).save_pretrained(temp)
+                    load_model(model_dir, scratch, merge=True, device="cpu", dtype="float32").save_pretrained(temp)
                     if adapter_dir:
                         with atomic_path(adapter_dir) as kept:
                             shutil.copytree(scratch, kept)
