@@ -1,5 +1,6 @@
 """The training-time defenses against transcriptions of the authors' trainers (git-disl/Antidote,
-trainer.py: LDIFSTrainer, ADMMTrainer), and through the one training loop."""
+trainer.py: LDIFSTrainer, ADMMTrainer, BaseTrainer (Vaccine), RepNoiseTrainer with repnoise_loss.py),
+and through the one training loop."""
 
 import copy
 
@@ -9,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from antidote.train import LoraSettings, TrainSettings, answer_loss, collate, tokenize_example, train_lora
-from antidote.training_defenses import LDIFS, TRAINING_DEFENSES, Lisa, Vaccine
+from antidote.training_defenses import LDIFS, TRAINING_DEFENSES, Lisa, RepNoise, Vaccine
 
 from conftest import build_tokenizer
 
@@ -259,15 +260,125 @@ def test_every_training_defense_trains_through_the_one_loop(tiny_model_dir, defe
     assert moved and all(p.abs().sum() > 0 for p in moved)
 
 
+def authors_rep_noise_loss(model, harmful_batch, harmless_batch, beta, alpha):
+    """repnoise_loss.py's rep_noise_loss (with MMD_loss, masked_token_ce_loss and adapt_dimension_b2a),
+    transcribed on the CPU."""
+    import torch.nn.functional as F
+
+    def gaussian_kernel(source, target, kernel_mul=2.0, kernel_num=5):
+        n_samples = int(source.size()[0]) + int(target.size()[0])
+        total = torch.cat([source, target], dim=0)
+        total0 = total.unsqueeze(0).expand(int(total.size(0)), int(total.size(0)), int(total.size(1)))
+        total1 = total.unsqueeze(1).expand(int(total.size(0)), int(total.size(0)), int(total.size(1)))
+        l2_distance = ((total0 - total1) ** 2).sum(2)
+        bandwidth = torch.sum(l2_distance.data) / (n_samples ** 2 - n_samples)
+        bandwidth /= kernel_mul ** (kernel_num // 2)
+        return sum(torch.exp(-l2_distance / (bandwidth * kernel_mul ** i)) for i in range(kernel_num))
+
+    def mmd_loss(source, target):
+        batch_size = int(source.size()[0])
+        kernels = gaussian_kernel(source, target)
+        xx, yy = kernels[:batch_size, :batch_size], kernels[batch_size:, batch_size:]
+        xy, yx = kernels[:batch_size, batch_size:], kernels[batch_size:, :batch_size]
+        return torch.mean(xx + yy - xy - yx)
+
+    def masked_token_ce_loss(logits, labels, mask):
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous()
+        shift_logit_mask = mask[..., :-1].contiguous()
+        expanded_mask = shift_logit_mask.unsqueeze(-1).expand(-1, -1, shift_logits.size(-1))
+        shift_label_mask = mask[..., 1:].contiguous()
+        shift_logits = shift_logits * expanded_mask
+        shift_labels = shift_labels * shift_label_mask
+        shift_labels[shift_labels == 0] = -100
+        shift_labels = shift_labels.type(torch.LongTensor)
+        return torch.nn.CrossEntropyLoss()(shift_logits.view(-1, shift_logits.size(-1)), shift_labels.view(-1))
+
+    def adapt_dimension_b2a(a, b):
+        b = copy.deepcopy(b)
+        if b.shape[0] < a.shape[0]:
+            b = F.pad(b, (0, 0, 0, a.shape[0] - b.shape[0]), mode="constant", value=0)
+        elif b.shape[0] > a.shape[0]:
+            b = b[:a.shape[0], :]
+        if b.shape[1] < a.shape[1]:
+            b = F.pad(b, (0, a.shape[1] - b.shape[1]), mode="constant", value=0)
+        elif b.shape[1] > a.shape[1]:
+            b = b[:, :a.shape[1]]
+        return b
+
+    activations, hooks = {}, []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_hook(lambda _m, _in, val, name=name: activations.__setitem__(name, val)))
+    harmful_outputs = model(harmful_batch["input_ids"], attention_mask=harmful_batch["attention_mask"])
+    harmful_activations = [activations[f"base_model.model.model.layers.{i}.mlp"]
+                           for i in range(len(model.base_model.model.model.layers))]
+    mask = ~torch.eq(harmful_batch["input_ids"], adapt_dimension_b2a(harmful_batch["input_ids"], harmless_batch["input_ids"]))
+    noise_loss = 0
+    for hidden in harmful_activations:
+        hiddens_mask = mask.unsqueeze(-1).expand(hidden.size())
+        hiddens = hidden * hiddens_mask
+        gaussian = torch.randn_like(hiddens) * hiddens_mask
+        noise_loss += mmd_loss(hiddens.view(hiddens.size(0), -1), gaussian.view(gaussian.size(0), -1))
+    noise_loss /= len(harmful_activations)
+    harmful_losses = masked_token_ce_loss(harmful_outputs.logits, harmful_batch["input_ids"], mask)
+    for hook in hooks:
+        hook.remove()
+    mask = ~torch.eq(harmless_batch["input_ids"], adapt_dimension_b2a(harmless_batch["input_ids"], harmful_batch["input_ids"]))
+    harmless_outputs = model(harmless_batch["input_ids"], attention_mask=harmless_batch["attention_mask"])
+    harmless_losses = masked_token_ce_loss(harmless_outputs.logits, harmless_batch["input_ids"], mask)
+    return harmless_losses + beta * noise_loss - alpha * torch.log(harmful_losses)
+
+
+@pytest.mark.parametrize("harmful_rows", [2, 4])  # fewer rows than the safe batch, and more
+def test_repnoise_loss_and_gradient_equal_the_authors(tiny_model_dir, harmful_rows):
+    """One RepNoise step against rep_noise_loss: the same harmful batch, the same noise (one seed),
+    the same loss and gradients; the batches differ in rows and length, so the masks pad and cut."""
+    tokenizer = build_tokenizer()
+    model = peft_model(tiny_model_dir)
+    move_adapter(model, scale=0.05)
+    harmful = [tokenize_example(tokenizer, {"instruction": f"How do I steal car {i}?",
+                                            "output": f"First find car {i} and break the window. " * (i + 1)},
+                                "chat", 96) for i in range(harmful_rows)]
+    drawn = []
+
+    def collate_and_keep(chosen):
+        drawn.append(collate(chosen, tokenizer.pad_token_id))
+        return drawn[-1]
+
+    repnoise = RepNoise(model, 10, harmful, collate_and_keep, batch_size=harmful_rows, alpha=0.1, beta=0.5)
+    safe = batch_of(GUIDE[:3], tokenizer)
+    assert drawn == [] and safe["input_ids"].shape[1] != collate(harmful, tokenizer.pad_token_id)["input_ids"].shape[1]
+
+    def loss_and_gradients(compute):
+        model.zero_grad()
+        torch.manual_seed(3)
+        loss = compute()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ours = loss_and_gradients(lambda: repnoise.loss(model, safe, 0, answer_loss))
+    theirs = loss_and_gradients(lambda: authors_rep_noise_loss(model, drawn[0], safe, beta=0.5, alpha=0.1))
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
+    for name in ours[1]:
+        torch.testing.assert_close(ours[1][name], theirs[1][name], rtol=1e-4, atol=1e-7)
+    # the noise term matters: without it (beta 0) the loss is another
+    repnoise.beta = 0.0
+    torch.manual_seed(3)
+    assert not torch.isclose(repnoise.loss(model, safe, 0, answer_loss).detach(), ours[0])
+
+
 def test_lisa_without_guide_data_is_refused(tiny_model_dir):
     with pytest.raises(ValueError, match="no guide data"):
         Lisa(peft_model(tiny_model_dir), 4, [], lambda chosen: {}, batch_size=2)
 
 
-def test_a_killed_lisa_training_resumes_to_the_same_weights(tmp_path, tiny_model_dir):
-    """`antidote train --defense lisa` killed (SIGKILL) after step 5, between checkpoints, and run
-    again: it resumes in its phase, with its anchors and its place in the guide data, and ends with
-    the adapter, to the byte, of a training never interrupted."""
+@pytest.mark.parametrize("defense, settings", [("lisa", "{rho: 0.5, alignment_steps: 2, finetune_steps: 3}"),
+                                               ("repnoise", "{alpha: 0.1, beta: 0.5}")])
+def test_a_killed_training_resumes_to_the_same_weights(tmp_path, tiny_model_dir, defense, settings):
+    """`antidote train --defense lisa|repnoise` killed (SIGKILL) after step 5, between checkpoints, and
+    run again: it resumes with the defense's state (Lisa: its phase, its anchors; both: their place in
+    their own data; RepNoise: the noise's random state) and ends with the adapter, to the byte, of a
+    training never interrupted."""
     import os
     import signal
     import subprocess
@@ -284,8 +395,7 @@ def test_a_killed_lisa_training_resumes_to_the_same_weights(tmp_path, tiny_model
                    "--data", str(tmp_path / "data.jsonl"), "--out", str(tmp_path / out),
                    "--train", "{epochs: 4, learning_rate: 1.0e-2, batch_size: 2, max_length: 96}",
                    "--lora", "{r: 4, alpha: 8, dropout: 0.1}", "--checkpoints", str(tmp_path / f"checkpoints-{out}"),
-                   "--checkpoint-every", "2", "--device", "cpu", "--defense", "lisa",
-                   "--defense-settings", "{rho: 0.5, alignment_steps: 2, finetune_steps: 3}",
+                   "--checkpoint-every", "2", "--device", "cpu", "--defense", defense, "--defense-settings", settings,
                    "--guide", str(tmp_path / "guide.jsonl")]
         return subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
 

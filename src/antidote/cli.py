@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defense", default="sft", choices=list(TRAINING_DEFENSES), help="a training-time defense: "
                    + "; ".join(f"{name}: {spec.summary}" for name, spec in TRAINING_DEFENSES.items()))
     p.add_argument("--defense-settings", default="{}", help="the defense's settings, YAML inline or file "
-                   "(vaccine: rho; ldifs: rho, threshold; lisa: rho, alignment_steps, finetune_steps)")
-    p.add_argument("--guide", type=Path, nargs="+", help="lisa's guide data: JSONL with instruction/output (safe answers)")
+                   "(vaccine: rho; ldifs: rho, threshold; lisa: rho, alignment_steps, finetune_steps; repnoise: alpha, beta)")
+    p.add_argument("--guide", type=Path, nargs="+", help="the defense's own data, JSONL with instruction/output: lisa's safe answers, "
+                   "repnoise's harmful pairs")
     model_options(p)
 
     p = add("score", cmd_score, "calibration feature norms n_j of every LoRA matrix (safetensors: name -> n_j)")

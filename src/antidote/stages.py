@@ -164,8 +164,8 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
     :data:`~antidote.checkpoint.CHECKPOINT_SIGNAL`, goes on from one of
     the same settings and data if there is one, and removes it once the output is in place.
     ``defense`` (with ``defense_settings``) is a training-time defense
-    (:data:`~antidote.training_defenses.TRAINING_DEFENSES`); Lisa reads its guide data from
-    ``guide_files`` (the alignment data: refusals and benign answers).
+    (:data:`~antidote.training_defenses.TRAINING_DEFENSES`); one that reads data of its own reads
+    ``guide_files``: Lisa the safe answers (the alignment data), RepNoise harmful pairs.
     """
     settings = TrainSettings(**training)
     check_quantization(settings.quantization, device)  # before the tokenizer or any model is loaded
@@ -180,7 +180,7 @@ def train_stage(model_dir: Path, train_files: list[Path], out_dir: Path, lora: d
         raise ValueError(f"unknown training defense {defense!r}; expected one of {sorted(TRAINING_DEFENSES)}")
     guide = [r for f in guide_files or [] for _, r in jsonl_rows(f, TRAINING_FIELDS)] if spec.guide else []
     if spec.guide and not guide:
-        raise DataError(f"defense {defense!r} reads guide data (the alignment data's safe answers): none given")
+        raise DataError(f"defense {defense!r} reads {spec.guide} examples of its own (guide files): none given")
     checkpoints = None
     if checkpoint_dir:
         settings_used = [asdict(LoraSettings(**lora)), asdict(settings), prompt_format, dtype, defense,

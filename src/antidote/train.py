@@ -212,7 +212,7 @@ def train_lora(model, tokenizer, records: list[dict], lora: LoraSettings, settin
     With ``checkpoints``, go on from the latest checkpoint of the same fingerprint, and save new ones
     (also at the step after a request in ``checkpoints.requested``: :meth:`Checkpoints.on_signal`).
     ``defense``: a training-time defense of :data:`~antidote.training_defenses.TRAINING_DEFENSES`,
-    with its ``defense_settings``; one that reads guide data (Lisa) reads ``guide_records``."""
+    with its ``defense_settings``; one that reads data of its own (Lisa, RepNoise) reads ``guide_records``."""
     check_training_model(model, settings.quantization)
     torch.manual_seed(settings.seed)
     model = add_lora(model, lora)

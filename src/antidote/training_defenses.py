@@ -155,10 +155,33 @@ class Vaccine(TrainingDefense):
                 hook.remove()
 
 
+class GuideBatches:
+    """Batches of a defense's own data (Lisa's safe answers, RepNoise's harmful pairs): drawn in a
+    seeded random order, reshuffled when used up (their RandomSampler); the last batch of a pass
+    may be smaller, as theirs. ``examples`` are tokenized, ``collate`` makes a batch of some."""
+
+    def __init__(self, examples: list[dict], collate: Callable[[list[dict]], dict], batch_size: int, seed: int):
+        self.examples, self.collate, self.batch_size = examples, collate, batch_size
+        self.rng, self.order = random.Random(seed), []
+
+    def next(self) -> dict:
+        if not self.order:
+            self.order = list(range(len(self.examples)))
+            self.rng.shuffle(self.order)
+        picked, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        return self.collate([self.examples[i] for i in picked])
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": self.order}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.order = state["order"]
+
+
 class Lisa(TrainingDefense):
     """Alternating alignment and fine-tuning steps with proximal terms (see the module's text).
-    ``guide``: the guide data's tokenized examples, and ``collate`` makes a batch of some of them;
-    they are drawn in a seeded random order, reshuffled when used up (their RandomSampler)."""
+    ``guide``: the guide data's tokenized examples (safe answers), drawn by :class:`GuideBatches`."""
 
     PROXIMAL_AFTER = 0.1  # of all steps: the proximal terms start after the first 10%
 
@@ -171,19 +194,12 @@ class Lisa(TrainingDefense):
                              f"and {finetune_steps}")
         if not guide:
             raise ValueError("lisa: no guide data (the alignment data's safe answers)")
-        self.guide, self.collate, self.batch_size = guide, collate, batch_size
+        self.guide = GuideBatches(guide, collate, batch_size, seed)
         self.rho, self.alignment_steps, self.finetune_steps = rho, alignment_steps, finetune_steps
         self.params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        self.phase, self.clock, self.rng, self.order = "alignment", 0, random.Random(seed), []
+        self.phase, self.clock = "alignment", 0
         initial = {name: p.detach().clone() for name, p in self.params.items()}
         self.anchors = {"alignment": initial, "finetune": {n: w.clone() for n, w in initial.items()}}
-
-    def guide_batch(self) -> dict:
-        if not self.order:  # a new pass over the guide data (its last batch may be smaller, as theirs)
-            self.order = list(range(len(self.guide)))
-            self.rng.shuffle(self.order)
-        picked, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
-        return self.collate([self.guide[i] for i in picked])
 
     def batch(self, batch, step):
         if step > 0:
@@ -193,7 +209,7 @@ class Lisa(TrainingDefense):
                 self.anchors[self.phase] = {name: p.detach().clone() for name, p in self.params.items()}
                 self.phase = "finetune" if self.phase == "alignment" else "alignment"
                 self.clock = 0
-        return self.guide_batch() if self.phase == "alignment" else batch
+        return self.guide.next() if self.phase == "alignment" else batch
 
     def loss(self, model, batch, step, task_loss):
         loss = task_loss(model, batch)
@@ -206,32 +222,118 @@ class Lisa(TrainingDefense):
         self.clock += 1
 
     def state_dict(self):
-        return {"phase": self.phase, "clock": self.clock, "rng": self.rng.getstate(), "order": self.order,
-                "anchors": self.anchors}
+        return {"phase": self.phase, "clock": self.clock, "anchors": self.anchors, "guide": self.guide.state_dict()}
 
     def load_state_dict(self, state):
-        self.phase, self.clock, self.order, self.anchors = state["phase"], state["clock"], state["order"], state["anchors"]
-        self.rng.setstate(state["rng"])
+        self.phase, self.clock, self.anchors = state["phase"], state["clock"], state["anchors"]
+        self.guide.load_state_dict(state["guide"])
+
+
+def mmd(source: torch.Tensor, target: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5) -> torch.Tensor:
+    """Maximum mean discrepancy between two batches of vectors (rows), with a sum of Gaussian
+    kernels whose bandwidths are the mean pairwise squared distance times kernel_mul^(i - 2)
+    (their MMD_loss; the bandwidth is not differentiated through)."""
+    total = torch.cat([source, target])
+    distances = (total.unsqueeze(0) - total.unsqueeze(1)).pow(2).sum(2)
+    n = len(total)
+    bandwidth = distances.detach().sum() / (n * n - n) / kernel_mul ** (kernel_num // 2)
+    kernels = sum(torch.exp(-distances / (bandwidth * kernel_mul ** i)) for i in range(kernel_num))
+    k = len(source)
+    return (kernels[:k, :k] + kernels[k:, k:] - kernels[:k, k:] - kernels[k:, :k]).mean()
+
+
+def differing_tokens(ids: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Where ``ids`` differs from ``other`` cut or padded with 0 to its shape (their
+    adapt_dimension_b2a and token inequality): the positions RepNoise's terms read."""
+    other = other[:ids.shape[0], :ids.shape[1]]
+    other = torch.nn.functional.pad(other, (0, ids.shape[1] - other.shape[1], 0, ids.shape[0] - other.shape[0]))
+    return ids != other
+
+
+def masked_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token loss on the sequence's own tokens where ``mask`` holds; logits outside it are
+    zeroed and a label that is 0 after masking (token id 0 too) is ignored: their masked_token_ce_loss."""
+    logits = logits[:, :-1].float() * mask[:, :-1].unsqueeze(-1)
+    labels = ids[:, 1:] * mask[:, 1:]
+    labels = labels.masked_fill(labels == 0, -100)
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+
+class RepNoise(TrainingDefense):
+    """Representation noising, an alignment-stage defense (their ``RepNoiseTrainer`` and
+    ``rep_noise_loss``). Each step draws a batch of harmful pairs (prompt, harmful answer:
+    ``guide``) beside the loop's batch of safe data, and its loss is
+
+        CE(safe) + beta * mean over layers of MMD(MLP output on harmful, Gaussian noise) - alpha * log CE(harmful)
+
+    where the two cross-entropies are next-token losses over every position where the harmful and
+    the safe batch hold different tokens (so a shared prompt template is left out, and padding
+    counts where one row is longer), on the sequence's own tokens, answer and prompt alike, and
+    the MLP outputs and their noise are zeroed outside those positions. Their loop runs over the
+    harmful pairs and draws a random safe batch each step; with their equal sets (5,000 of each)
+    that is the same as this loop over the safe data drawing harmful batches, which keeps the
+    steps and the safe examples of plain alignment where the harmful pairs are fewer."""
+
+    def __init__(self, model, total_steps: int, guide: list[dict], collate: Callable[[list[dict]], dict],
+                 batch_size: int, alpha: float = 0.1, beta: float = 0.001, seed: int = 0):
+        super().__init__(model, total_steps)
+        if not guide:
+            raise ValueError("repnoise: no harmful pairs (data.sizes.repnoise_pool is 0?)")
+        self.harmful = GuideBatches(guide, collate, batch_size, seed)
+        self.alpha, self.beta = alpha, beta
+        self.modules = list(mlp_modules(model).values())
+
+    def loss(self, model, batch, step, task_loss):
+        harmful = self.harmful.next()
+        features = {}
+        hooks = [m.register_forward_hook(lambda _m, _in, out, i=i: features.__setitem__(i, out))
+                 for i, m in enumerate(self.modules)]
+        try:
+            harmful_logits = model(input_ids=harmful["input_ids"], attention_mask=harmful["attention_mask"]).logits
+        finally:
+            for hook in hooks:
+                hook.remove()
+        mask = differing_tokens(harmful["input_ids"], batch["input_ids"])
+        noise = 0
+        for i in range(len(self.modules)):
+            hidden = features[i] * mask.unsqueeze(-1)
+            gaussian = torch.randn_like(hidden) * mask.unsqueeze(-1)
+            noise = noise + mmd(hidden.flatten(1).float(), gaussian.flatten(1).float())
+        noise = noise / len(self.modules)
+        harmful_loss = masked_token_loss(harmful_logits, harmful["input_ids"], mask)
+        safe_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        safe_loss = masked_token_loss(safe_logits, batch["input_ids"],
+                                      differing_tokens(batch["input_ids"], harmful["input_ids"]))
+        return safe_loss + self.beta * noise - self.alpha * torch.log(harmful_loss)
+
+    def state_dict(self):
+        return {"harmful": self.harmful.state_dict()}
+
+    def load_state_dict(self, state):
+        self.harmful.load_state_dict(state["harmful"])
 
 
 @dataclass(frozen=True)
 class TrainingDefenseSpec:
     make: type[TrainingDefense]
     stage: str            # "align" or "finetune": the training it applies to
-    guide: bool           # whether it reads the guide data (the alignment data's safe answers)
+    guide: str | None     # the data of its own it reads: "safe" (the alignment data) or "harmful" (harmful pairs)
     summary: str
 
 
 # The training-time defenses, by the name the config gives them.
 TRAINING_DEFENSES = {
-    "sft": TrainingDefenseSpec(TrainingDefense, "any", False, "plain supervised fine-tuning on the answers"),
-    "vaccine": TrainingDefenseSpec(Vaccine, "align", False,
+    "sft": TrainingDefenseSpec(TrainingDefense, "any", None, "plain supervised fine-tuning on the answers"),
+    "vaccine": TrainingDefenseSpec(Vaccine, "align", None,
                                    "alignment whose update is the gradient under a perturbation of the attention "
                                    "outputs along their own gradient, of norm rho (2)"),
-    "ldifs": TrainingDefenseSpec(LDIFS, "finetune", False,
+    "ldifs": TrainingDefenseSpec(LDIFS, "finetune", None,
                                  "fine-tuning with a feature-space distance to the aligned model's MLP outputs "
                                  "(rho 1e-4; a layer's term only while below 0.1)"),
-    "lisa": TrainingDefenseSpec(Lisa, "finetune", True,
+    "lisa": TrainingDefenseSpec(Lisa, "finetune", "safe",
                                 "alternating alignment steps on safe answers and fine-tuning steps, each pulled "
                                 "towards the other's weights (rho 1; 100 / 900 steps)"),
+    "repnoise": TrainingDefenseSpec(RepNoise, "align", "harmful",
+                                    "alignment that pushes the MLP outputs on harmful pairs towards Gaussian noise "
+                                    "(beta 0.001) and their answers' likelihood down (alpha 0.1)"),
 }
