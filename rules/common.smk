@@ -7,10 +7,11 @@ from snakemake.utils import validate
 
 from antidote.config import (TASK_FILE_KEYS, check_config, expand_runs, missing_paths, pruned_models,
                              resolve_hub_names, selected_defenses, split_sources)
-from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_name, evaluation_paths, pruned_name
+from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_name, evaluation_paths, pruned_name, stage_suffix
 from antidote.plots import plot_names
 from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
 from antidote.results import REFERENCE_MODELS, run_axes, swept_axes, table_names
+from antidote.training_defenses import TRAINING_DEFENSES
 
 
 validate(config, schema="../workflow/schemas/config.schema.yaml", set_default=True)
@@ -44,6 +45,8 @@ TASK_SPLIT_NAMES = ["task_train", "task_validation", "task_eval"]  # rule task_d
 # (sst2-p0.2-lr0.001-ep2-n200-s0), with the mask ratios it is pruned with.
 RUNS = expand_runs(config)
 TASKS = sorted({run["task"] for run in RUNS.values()})
+# Every aligned model by its wildcard align ("" for SFT's, "+vaccine"): the runs' and SFT's, the reference
+ALIGNMENTS = {stage_suffix(name): name for name in ["sft", *sorted({run["align_defense"] for run in RUNS.values()})]}
 # Every pruned model's name (antidote-a0.1, safelora-k10) -> its defense, alpha and SafeLoRA setting:
 # names are made, never parsed back.
 PRUNED = {name: spec for r in RUNS.values() for name, spec in pruned_models(r, config["prune"]).items()}
@@ -78,6 +81,7 @@ GGUF_FILE = Path(config["assets"].get(GGUF_PACKAGE, {"files": ["none"]})["files"
 
 wildcard_constraints:
     run="|".join(map(re.escape, RUNS)),
+    align=f"(?:{'|'.join(map(re.escape, ALIGNMENTS))})",  # a group: SFT's "" must be a constraint too, not none
     task="|".join(TASKS),
     package=r"[A-Za-z0-9_.-]+",
     org=r"[A-Za-z0-9_.-]+",
@@ -115,6 +119,40 @@ def alignment_data():
     return files
 
 
+# --- training-time defenses (antidote.training_defenses): alignment's by wildcard align, fine-tuning's by run
+
+def training_defense(stage, name):
+    """A training-time defense as its rule's params: its name and its settings (the config's, over its defaults)."""
+    return {"name": name, "settings": (config[stage].get("defense_settings") or {}).get(name) or {}}
+
+
+def defense_data(name):
+    """The data of its own a training-time defense reads: Lisa the alignment data (safe answers),
+    RepNoise the base model's harmful answers to its own prompts (data.sizes.repnoise_pool)."""
+    return {"safe": alignment_data(), "harmful": [harmful_answers("repnoise_pool")], None: []}[TRAINING_DEFENSES[name].guide]
+
+
+def get_align_defense(wildcards):
+    return training_defense("align", ALIGNMENTS[wildcards.align])
+
+
+def get_align_guide(wildcards):
+    return defense_data(ALIGNMENTS[wildcards.align])
+
+
+def aligned_model(run=None):
+    """The aligned model a run fine-tunes (its alignment-stage defense's), or SFT's without a run."""
+    return PATHS["aligned_model"].format(align=stage_suffix(RUNS[run]["align_defense"]) if run else "")
+
+
+def get_run_aligned_model(wildcards):
+    return aligned_model(wildcards.run)
+
+
+def get_run_alignment_adapter(wildcards):
+    return PATHS["alignment_adapter"].format(align=stage_suffix(RUNS[wildcards.run]["align_defense"]))
+
+
 # --- data
 
 def get_asset_spec(wildcards):
@@ -135,6 +173,12 @@ def get_split_settings(wildcards):
     keys = ["source", "seed", "test_prompts"] + (["beavertails"] if data["source"] == "beavertails" else
                                                  ["donotanswer_areas"])
     return {"sizes": {split: data["sizes"][split] for split in SPLIT_NAMES}, **{k: data[k] for k in keys if k in data}}
+
+
+def get_defense_split_settings(wildcards):
+    """The splits' settings with the size of RepNoise's harmful prompts, cut after all of them."""
+    settings = get_split_settings(wildcards)
+    return {**settings, "sizes": {**settings["sizes"], "repnoise_pool": config["data"]["sizes"]["repnoise_pool"]}}
 
 
 def get_answer_filter(wildcards):
@@ -165,8 +209,8 @@ def training_settings(train):
 # --- fine-tuning runs
 
 def run_settings(run):
-    """The six grid settings of a run (not its alphas: those concern pruning only)."""
-    return {axis: value for axis, value in RUNS[run].items() if axis != "alphas"}
+    """The grid settings of a run (not its alphas: those concern pruning only)."""
+    return {axis: value for axis, value in RUNS[run].items() if axis not in ("alphas", "defenses")}
 
 
 def get_run(wildcards):
@@ -181,6 +225,14 @@ def get_finetune_training(wildcards):
     settings = RUNS[wildcards.run]
     return dict(training_settings(config["finetune"]["train"]), learning_rate=settings["learning_rate"],
                 epochs=settings["epochs"], seed=settings["seed"])
+
+
+def get_finetune_defense(wildcards):
+    return training_defense("finetune", RUNS[wildcards.run]["finetune_defense"])
+
+
+def get_finetune_guide(wildcards):
+    return defense_data(RUNS[wildcards.run]["finetune_defense"])
 
 
 # --- pruning
@@ -223,13 +275,13 @@ def get_evaluated_model(wildcards):
     """Model directory and adapter: the base model, the aligned model, or the aligned model with
     a run's adapter (sft's own, or a pruned one)."""
     if "run" not in wildcards.keys():
-        return {"model": external(config["base_model"]) if wildcards.model == "base" else PATHS["aligned_model"]}
+        return {"model": external(config["base_model"]) if wildcards.model == "base" else aligned_model()}
     if wildcards.model == "sft":
-        return {"model": PATHS["aligned_model"], "adapter": PATHS["adapter"].format(**wildcards)}
+        return {"model": aligned_model(wildcards.run), "adapter": PATHS["adapter"].format(**wildcards)}
     # a pruned model's record (its mask, or SafeLoRA's projection table) carries its update_removed,
     # a column of the summary
     record = PATHS["mask"] if wildcards.model in MASKED else PATHS["projection"]
-    return {"model": PATHS["aligned_model"], "adapter": PATHS["pruned_adapter"].format(**wildcards),
+    return {"model": aligned_model(wildcards.run), "adapter": PATHS["pruned_adapter"].format(**wildcards),
             "record": record.format(**wildcards)}
 
 
@@ -268,7 +320,8 @@ def get_summary_row(wildcards):
     alpha and no SafeLoRA setting)."""
     unpruned = dict(alpha=None, safelora_select=None, safelora_value=None)
     if "run" not in wildcards.keys():
-        empty = dict(harmful_ratio=None, learning_rate=None, epochs=None, n_samples=None, seed=None)
+        empty = dict(harmful_ratio=None, learning_rate=None, epochs=None, n_samples=None, seed=None,
+                     finetune_defense=None, align_defense="sft" if wildcards.model == "aligned" else None)
         return dict(model=wildcards.model, task=wildcards.task, update_removed=None, **unpruned, **empty)
     pruned = PRUNED.get(wildcards.model, {"defense": "sft", **unpruned})
     settings = {key: pruned[key] for key in unpruned}

@@ -16,6 +16,24 @@ rule data_splits:
         "../workflow/scripts/data_splits.py"
 
 
+rule repnoise_split:
+    """RepNoise's harmful prompts (data.sizes.repnoise_pool): cut from the same source after every
+    other split, so disjoint from them all; a rule of its own, so that asking for them re-cuts nothing else."""
+    input:
+        unpack(get_split_inputs),
+    output:
+        split_file("repnoise_pool"),
+    params:
+        sources=get_split_sources,
+        data=get_defense_split_settings,
+    log:
+        "logs/repnoise_split.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/data_splits.py"
+
+
 rule base_answers:
     """The base model answers a split; for harmful pools its refusals are dropped."""
     input:
@@ -31,7 +49,7 @@ rule base_answers:
         batch_size=config["data"]["generation_batch_size"],
         device=config["device"],
     wildcard_constraints:
-        split="alignment_benign|harmful_finetune_pool|calibration_pool",
+        split="alignment_benign|harmful_finetune_pool|calibration_pool|repnoise_pool",
     threads: 2
     log:
         "logs/base_answers/{split}.log",

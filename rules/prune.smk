@@ -29,7 +29,7 @@ rule safelora:
     whose update points furthest from it (PEFT format), and each module's cosine (Parquet)."""
     input:
         adapter=PATHS["adapter"],
-        alignment=PATHS["alignment_adapter"],
+        alignment=get_run_alignment_adapter,
     output:
         adapter=directory(PATHS["pruned_adapter"]),
         projection=PATHS["projection"],

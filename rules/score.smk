@@ -3,7 +3,7 @@ rule score:
     the benign control (the run's own task items, as many), for the defenses that read them."""
     input:
         unpack(get_calibration_inputs),
-        model=PATHS["aligned_model"],
+        model=get_run_aligned_model,
         adapter=PATHS["adapter"],
     output:
         PATHS["feature_norms"],

@@ -238,6 +238,15 @@ RERUN_PLANS = {
     "alignment": ("align: {train: {epochs: 2, learning_rate: 0.002}}\n",
                   {"align": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, "evaluate_reference": 1, **SELECTION_JOBS,
                    "evaluate_reference_for_selection": 1, **AFTER}),
+    # training-time defenses of both stages add their aligned model and their runs, and rerun nothing else
+    "training_defenses": ("align: {defense: [sft, vaccine]}\nfinetune: {defense: [sft, lisa]}\n",
+                          {"align": 1, "finetune_data": 3, "finetune": 3, "score": 6,
+                           **{rule: 3 * n for rule, n in PRUNED_JOBS.items()}, "evaluate_for_selection": 9,
+                           "select_alpha": 1, **AFTER}),
+    # RepNoise's harmful prompts are a split of their own: asking for them re-cuts no other split
+    "repnoise": ("data: {sizes: {repnoise_pool: 4}}\nalign: {defense: [repnoise]}\n",
+                 {"repnoise_split": 1, "base_answers": 1, "align": 1, "finetune_data": 1, "finetune": 1, "score": 2,
+                  **PRUNED_JOBS, **SELECTION_JOBS, **AFTER}),
     # another margin chooses again from the same validation evaluations (and masks nothing anew)
     "select_margin": ("prune: {select: {margin: 10}}\n", {"select_alpha": 1, **RESULTS_ONLY}),
     # the accuracy criterion reads the task's validation items: the curve is evaluated on them too
@@ -453,3 +462,37 @@ def test_parsing_the_workflow_imports_no_torch(tiny_run):
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert {"antidote.prune", "antidote.results", "snakemake"} <= imported
     assert not imported & {"torch", "transformers", "peft", "matplotlib"}
+
+
+BASELINES = """
+data: {sizes: {repnoise_pool: 4}}
+align: {defense_settings: {repnoise: {alpha: 0.1, beta: 0.5}}}
+finetune:
+  defense_settings: {lisa: {alignment_steps: 1, finetune_steps: 1}}
+  runs:
+    - {}
+    - {align_defense: [vaccine, repnoise], defenses: []}
+    - {finetune_defense: [lisa, ldifs], defenses: []}
+"""
+
+
+def test_the_papers_baselines_run_as_branches_and_name_their_rows(tiny_run, tmp_path):
+    """Vaccine, RepNoise (alignment), Lisa, LDIFS (fine-tuning) run beside the tiny run's SFT, without
+    a post-fine-tuning defense; their rows carry the three stages' defenses, and the tables name
+    each row as the paper does."""
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], folder, symlinks=True)
+    result = snakemake("--cores", "2", "--max-threads", "1", "--quiet", "rules", *overlay(folder, BASELINES), cwd=folder)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for name in ["align+vaccine", "align+repnoise"]:
+        assert (folder / f"results/{name}/model/model.safetensors").exists()
+    assert read_jsonl(folder / "results/data/splits/repnoise_pool.jsonl")
+    summary = pd.read_parquet(folder / "results/summary.parquet")
+    trained = summary[summary["model"] == "sft"].drop_duplicates("evaluation")
+    assert sorted(zip(trained["align_defense"], trained["finetune_defense"], trained["defense"])) == [
+        ("repnoise", "sft", "none"), ("sft", "ldifs", "none"), ("sft", "lisa", "none"), ("sft", "sft", "none"),
+        ("vaccine", "sft", "none")]
+    assert set(summary.loc[summary["model"] != "sft", "align_defense"].dropna()) == {"sft"}  # pruned: SFT's runs only
+    main = pd.read_csv(folder / "results/tables/main.csv")
+    labels = list(dict.fromkeys(main["defense"]))
+    assert labels[:7] == ["base", "aligned", "sft", "vaccine", "repnoise", "lisa", "ldifs"]

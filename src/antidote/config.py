@@ -9,6 +9,7 @@ local paths their download rules write.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 from pathlib import Path
@@ -17,8 +18,12 @@ from .benign import benign_pools
 from .paths import MADE_BY_WORKFLOW, PATHS, pruned_name, run_id, safelora_name
 from .prune import DEFENSES
 from .tasks import TASKS
+from .training_defenses import TRAINING_DEFENSES
 
-GRID_AXES = ("task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "seed")
+GRID_AXES = ("task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "seed", "align_defense",
+             "finetune_defense")
+# The training-time defenses of each stage: config key -> (grid axis, stage)
+DEFENSE_KEYS = {"align.defense": ("align_defense", "align"), "finetune.defense": ("finetune_defense", "finetune")}
 HUB_PREFIX = "hf://"  # models and datasets on the Hugging Face hub, downloaded by rules where a hub is reachable
 HUB_DATASET = re.compile(r"hf://datasets/([\w.-]+)/([\w.-]+)/(?:([\w.-]+)/)?([\w.-]+)$")
 TASK_FILE_KEYS = ("train", "eval", "file")  # a task's data: train and eval files, or one file cut into both
@@ -32,27 +37,38 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def axis_values(config: dict) -> dict[str, list]:
+    """The config's list for every grid axis: ``finetune.<axis>``, and the training-time defenses
+    ``align.defense`` and ``finetune.defense`` (default ``[sft]``)."""
+    values = {axis: config["finetune"][axis] for axis in GRID_AXES if axis not in ("align_defense", "finetune_defense")}
+    return {**values, "align_defense": config.get("align", {}).get("defense", ["sft"]),
+            "finetune_defense": config["finetune"].get("defense", ["sft"])}
+
+
 def expand_runs(config: dict) -> dict[str, dict]:
     """Every fine-tuning run, keyed by :func:`run_id`, with its settings and its mask ratios.
 
-    Without ``finetune.runs`` the grid is the product of the six ``finetune`` lists. Each entry
+    Without ``finetune.runs`` the grid is the product of the ``finetune`` lists and the
+    training-time defenses of both stages (``align.defense``, ``finetune.defense``). Each entry
     of ``finetune.runs`` is a sub-grid: the axes it names (a value or a list) replace the
     config's lists, the others keep them, so ``{task: gsm8k, learning_rate: 1e-3}`` is one
-    GSM8K run per harmful ratio, epoch count, N and seed listed. A run's alphas are
+    GSM8K run per harmful ratio, epoch count, N and seed listed, and ``{align_defense: vaccine}``
+    the grid again on Vaccine's aligned model. An entry's ``defenses`` lists the post-fine-tuning
+    defenses of its runs (default ``prune.defenses``; ``[]``: none, as for a baseline). A run's alphas are
     ``prune.alpha_by_task[task]`` where given, else ``prune.alpha``.
     """
     finetune, prune = config["finetune"], config["prune"]
-    entries = finetune.get("runs") or [{}]
+    entries, lists_of = finetune.get("runs") or [{}], axis_values(config)
     runs = {}
     for entry in entries:
-        lists = [_as_list(entry[axis]) if axis in entry else finetune[axis] for axis in GRID_AXES]
+        lists = [_as_list(entry[axis]) if axis in entry else lists_of[axis] for axis in GRID_AXES]
         for values in itertools.product(*lists):
             settings = dict(zip(GRID_AXES, values))
             alphas = (prune.get("alpha_by_task") or {}).get(settings["task"], prune["alpha"])
             name = run_id(*values)
             if name in runs:
                 raise ConfigError(f"finetune.runs: run {name} is listed twice")
-            runs[name] = {**settings, "alphas": list(alphas)}
+            runs[name] = {**settings, "alphas": list(alphas), "defenses": list(entry.get("defenses", prune.get("defenses", [])))}
     return runs
 
 
@@ -64,7 +80,7 @@ def pruned_models(run: dict, prune: dict) -> dict[str, dict]:
     others); SafeLoRA has no alpha and is run at each setting of ``prune.safelora``."""
     by_defense = prune.get("alpha_by_defense") or {}
     models = {}
-    for defense in prune["defenses"]:
+    for defense in run.get("defenses", prune["defenses"]):
         if DEFENSES[defense].masks:
             for alpha in by_defense.get(defense, run["alphas"]):
                 models[pruned_name(defense, alpha)] = dict(defense=defense, alpha=alpha, safelora_select=None,
@@ -196,12 +212,38 @@ def check_names(config: dict) -> None:
              ("tasks", list(config.get("tasks") or {}), TASKS, "tasks"),
              ("prune.alpha_by_task", list(prune.get("alpha_by_task") or {}), TASKS, "tasks"),
              ("prune.defenses", prune["defenses"], DEFENSES, "defenses"),
+             *((f"finetune.runs[{i}].defenses", run["defenses"], prune["defenses"], "defenses of prune.defenses")
+               for i, run in enumerate(finetune.get("runs") or []) if "defenses" in run),
              ("prune.alpha_by_defense", list(prune.get("alpha_by_defense") or {}), prune["defenses"],
               "defenses of prune.defenses")]
+    for key, (axis, stage) in DEFENSE_KEYS.items():
+        stage_defenses = [name for name, spec in TRAINING_DEFENSES.items() if spec.stage in (stage, "any")]
+        named.append((key, axis_values(config)[axis], stage_defenses, f"{stage}-stage defenses"))
+        named += [(f"finetune.runs[{i}].{axis}", _as_list(run[axis]), stage_defenses, f"{stage}-stage defenses")
+                  for i, run in enumerate(finetune.get("runs") or []) if axis in run]
+        named.append((f"{key}_settings", list(config.get(stage, {}).get("defense_settings") or {}), stage_defenses,
+                      f"{stage}-stage defenses"))
     for key, values, registry, what in named:
         for value in values:
             if value not in registry:
                 raise ConfigError(f"{key}: {value!r} is not one of the {what} {list(registry)}")
+    for stage in ("align", "finetune"):
+        for defense, settings in (config.get(stage, {}).get("defense_settings") or {}).items():
+            accepted = defense_settings_accepted(defense)
+            for name in settings or {}:
+                if name not in accepted:
+                    raise ConfigError(f"{stage}.defense_settings.{defense}.{name}: not a setting of {defense} "
+                                      f"(its settings: {', '.join(accepted) or 'none'})")
+
+
+# What the loop gives every training-time defense, not the config
+LOOP_ARGUMENTS = {"self", "model", "total_steps", "guide", "collate", "batch_size", "seed"}
+
+
+def defense_settings_accepted(defense: str) -> list[str]:
+    """The settings a training-time defense takes from the config (its constructor's keywords)."""
+    parameters = inspect.signature(TRAINING_DEFENSES[defense].make.__init__).parameters
+    return [name for name, p in parameters.items() if name not in LOOP_ARGUMENTS and p.default is not p.empty]
 
 
 def check_peer_defenses(prune: dict) -> None:
@@ -229,10 +271,10 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
     dry run of a config whose weights are not downloaded yet still shows the whole DAG)."""
     check_names(config)
     finetune, sizes, data = config["finetune"], config["data"]["sizes"], config["data"]
-    for axis in GRID_AXES:
-        values = finetune[axis]
+    keys = {axis: key for key, (axis, _) in DEFENSE_KEYS.items()}
+    for axis, values in axis_values(config).items():
         if len(set(values)) != len(values):
-            raise ConfigError(f"finetune.{axis}: {values} lists a value twice")
+            raise ConfigError(f"{keys.get(axis, f'finetune.{axis}')}: {values} lists a value twice")
     for key, alphas in [("prune.alpha", config["prune"]["alpha"]),
                         *((f"prune.alpha_by_{kind}.{name}", alphas)
                           for kind in ("task", "defense")
@@ -243,6 +285,10 @@ def check_config(config: dict, workdir: str | Path = ".", require_paths: bool = 
     check_peer_defenses(config["prune"])
 
     runs = expand_runs(config)
+    guides = {TRAINING_DEFENSES[run[axis]].guide: run[axis] for run in runs.values() for axis, _ in DEFENSE_KEYS.values()}
+    if "harmful" in guides and sizes.get("repnoise_pool", 0) == 0:
+        raise ConfigError(f"align.defense: {guides['harmful']!r} reads harmful pairs of its own, but "
+                          "data.sizes.repnoise_pool is 0 (set it to how many harmful prompts it may read)")
     most_harmful = max(round(r["harmful_ratio"] * r["n_samples"]) for r in runs.values())
     if most_harmful > sizes["harmful_finetune_pool"]:
         raise ConfigError(f"finetune.harmful_ratio x finetune.n_samples needs up to {most_harmful} harmful "

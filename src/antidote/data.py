@@ -135,6 +135,9 @@ def check_disjoint(splits: dict[str, list[dict]]) -> None:
 # --- the prompt splits of the two harmful sources (the benign alignment split is added by the caller)
 
 HARMFUL_POOLS = ("harmful_finetune_pool", "calibration_pool", "harmful_validation")
+# Harmful prompts whose harmful answers an alignment-stage defense reads (RepNoise): cut last, after
+# every other harmful split, so that asking for them leaves those splits as they were
+DEFENSE_POOL = "repnoise_pool"
 
 
 def user_test_split(prompts: list[str], n: int, source: str) -> list[dict]:
@@ -151,7 +154,8 @@ def advbench_splits(advbench: list[str], donotanswer: list[str], sizes: dict, se
     removed from both sources first, so no split can hold one of them."""
     held_out = {normalize(p) for p in test_prompts or []}
     names = HARMFUL_POOLS + (() if test_prompts is not None else ("harmful_test",))
-    harmful = cut([p for p in advbench if normalize(p) not in held_out], {n: sizes[n] for n in names}, seed, "AdvBench")
+    harmful = cut([p for p in advbench if normalize(p) not in held_out],
+                  {**{n: sizes[n] for n in names}, DEFENSE_POOL: sizes.get(DEFENSE_POOL, 0)}, seed, "AdvBench")
     splits = {name: [{"instruction": p} for p in prompts] for name, prompts in harmful.items()}
     refusal_prompts = cut([p for p in donotanswer if normalize(p) not in held_out], {"a": sizes["alignment_harmful"]},
                           seed, "Do-Not-Answer")["a"]
@@ -187,7 +191,8 @@ def beavertails_splits(train: list[dict], test: list[dict], sizes: dict, seed: i
         held = cut(unsafe_test, {"t": sizes["harmful_test"]}, seed, "BeaverTails test (unsafe rows)", shuffle)["t"]
     taken = {prompt_key(r) for r in held} if shuffle else set()
     unsafe = [r for r in prepare([r for r in train if not r["is_safe"]]) if prompt_key(r) not in taken]
-    harmful = cut(unsafe, {n: sizes[n] for n in HARMFUL_POOLS}, seed, "BeaverTails train (unsafe rows)", shuffle)
+    harmful = cut(unsafe, {**{n: sizes[n] for n in HARMFUL_POOLS}, DEFENSE_POOL: sizes.get(DEFENSE_POOL, 0)}, seed,
+                  "BeaverTails train (unsafe rows)", shuffle)
     if shuffle:
         taken |= {prompt_key(r) for part in harmful.values() for r in part}
     safe = [r for r in prepare([r for r in train if r["is_safe"]]) if prompt_key(r) not in taken]
@@ -197,7 +202,7 @@ def beavertails_splits(train: list[dict], test: list[dict], sizes: dict, seed: i
         return [{"instruction": r["instruction"], "output": r["output"]} for r in records]
 
     return {"alignment_harmful": pairs(alignment), "harmful_finetune_pool": pairs(harmful["harmful_finetune_pool"]),
-            "calibration_pool": pairs(harmful["calibration_pool"]),
+            "calibration_pool": pairs(harmful["calibration_pool"]), DEFENSE_POOL: pairs(harmful[DEFENSE_POOL]),
             "harmful_validation": [{"instruction": r["instruction"]} for r in harmful["harmful_validation"]],
             "harmful_test": held}
 

@@ -2,7 +2,7 @@
 
 The rules, their input functions, the collector and the config's hub names take their paths
 from here; nothing else spells one out. Wildcards: ``run`` a fine-tuning run (:func:`run_id`),
-``model`` a model's name within its run (``sft``, :func:`pruned_name` or :func:`safelora_name`) or, for the
+``align`` the alignment-stage defense (:func:`stage_suffix`), ``model`` a model's name within its run (``sft``, :func:`pruned_name` or :func:`safelora_name`) or, for the
 reference models, ``base`` / ``aligned`` with ``task`` the task they are evaluated on.
 """
 
@@ -26,8 +26,9 @@ PATHS = {
     "task_eval": "results/data/tasks/{task}/eval.jsonl",
     "finetune_data": "results/data/finetune/{run}.jsonl",
     # stages 1-4
-    "aligned_model": "results/align/model",
-    "alignment_adapter": "results/align/adapter",  # the alignment LoRA merged into aligned_model (SafeLoRA's V)
+    # {align}: "" for plain SFT alignment, "+vaccine" for an alignment-stage defense (:func:`stage_suffix`)
+    "aligned_model": "results/align{align}/model",
+    "alignment_adapter": "results/align{align}/adapter",  # the alignment LoRA merged into aligned_model (SafeLoRA's V)
     "adapter": "results/finetune/{run}/adapter",
     "feature_norms": "results/score/{run}/{calibration}/feature_norms.safetensors",  # prune.CALIBRATIONS
     "pruned_adapter": "results/prune/{run}/{model}/adapter",
@@ -35,7 +36,7 @@ PATHS = {
     "projection": "results/prune/{run}/{model}/projection.parquet",  # SafeLoRA's in place of a mask
     # training checkpoints of stages 1 and 2 (not outputs: Snakemake keeps them when a job fails,
     # so that its rerun resumes; a finished training removes its own)
-    "align_checkpoints": "checkpoints/align",
+    "align_checkpoints": "checkpoints/align{align}",
     "finetune_checkpoints": "checkpoints/finetune/{run}",
 }
 
@@ -77,10 +78,19 @@ def number(value) -> str:
     return f"{value:g}"
 
 
-def run_id(task, harmful_ratio, learning_rate, epochs, n_samples, seed) -> str:
-    """A fine-tuning run's name in paths: every setting it depends on, readable."""
+def stage_suffix(training_defense: str) -> str:
+    """A training-time defense in a name: nothing for plain SFT (so that its paths stay as they
+    were), ``+vaccine`` for a defense; each name belongs to one stage, so ``+vaccine+lisa`` reads."""
+    return "" if training_defense == "sft" else f"+{training_defense}"
+
+
+def run_id(task, harmful_ratio, learning_rate, epochs, n_samples, seed, align_defense="sft",
+           finetune_defense="sft") -> str:
+    """A fine-tuning run's name in paths: every setting it depends on, readable
+    (sst2-p0.2-lr0.001-ep2-n200-s0, and sst2-p0.2-lr0.001-ep2-n200-s0+vaccine+lisa with the
+    training-time defenses of alignment and fine-tuning)."""
     return (f"{task}-p{number(harmful_ratio)}-lr{number(learning_rate)}-ep{number(epochs)}"
-            f"-n{n_samples}-s{seed}")
+            f"-n{n_samples}-s{seed}{stage_suffix(align_defense)}{stage_suffix(finetune_defense)}")
 
 
 def evaluation_name(model: str, run: str | None = None, task: str | None = None) -> str:

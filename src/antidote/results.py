@@ -15,6 +15,7 @@ from .paths import evaluation_name, pruned_name, safelora_name, safelora_setting
 from .prune import DEFENSES
 from .records import read_jsonl
 from .stats import crossed_bootstrap_interval, wilson_interval
+from .training_defenses import TRAINING_DEFENSES
 
 REFERENCE_MODELS = ["base", "aligned"]  # the models every run is compared with
 # Rows read from the unaligned base, through the undefended fine-tune, to the defenses in registry
@@ -26,7 +27,10 @@ SELECTED_MODELS = [selected_name(d) for d in DEFENSES]
 SAFELORA_COLUMNS = ["safelora_select", "safelora_value"]
 # Each rate and the count of prompts (or items) it is a share of
 RATES = {"harmful_score": "n_test_prompts", "benign_refusal": "n_benign_prompts", "finetune_accuracy": "n_task_items"}
-COLUMNS = ["model", "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", *SAFELORA_COLUMNS, "seed",
+# The defense of each stage: alignment, fine-tuning (antidote.training_defenses; sft: none) and after
+# fine-tuning (prune.DEFENSES; "none" for the undefended fine-tune, as the column model's sft)
+STAGE_COLUMNS = ["align_defense", "finetune_defense", "defense"]
+COLUMNS = ["model", *STAGE_COLUMNS, "task", "harmful_ratio", "learning_rate", "epochs", "n_samples", "alpha", *SAFELORA_COLUMNS, "seed",
            "judge", "harmful_set", *(c for rate in RATES for c in (rate, f"{rate}_lo", f"{rate}_hi")),
            "update_removed", "n_test_prompts", "n_benign_prompts", "n_task_items", "task_data", "evaluation"]
 # judgements.parquet: one row per evaluation, prompt and (for the harmful score) judge
@@ -64,6 +68,31 @@ def markdown_table(table: pd.DataFrame) -> str:
 def model_rank(models: pd.Series) -> pd.Series:
     """Position in MODEL_ORDER, so that rows read from the unaligned base to the defenses."""
     return models.map({m: i for i, m in enumerate(MODEL_ORDER)})
+
+
+def training_ranks(rows: pd.DataFrame) -> dict[str, pd.Series]:
+    """Each row's training-time defenses by their place in TRAINING_DEFENSES (sft first; none for
+    the base model), as sort keys ``_align`` and ``_finetune``: sorted by ``_finetune`` then
+    ``_align``, rows read as the paper's SFT, Vaccine, RepNoise, Lisa, LDIFS."""
+    order = {name: i for i, name in enumerate(TRAINING_DEFENSES)}
+    stages = rows.reindex(columns=["align_defense", "finetune_defense"])
+    return {"_align": stages["align_defense"].map(order), "_finetune": stages["finetune_defense"].map(order)}
+
+
+def post_defenses(models: pd.Series) -> pd.Series:
+    """The defense after fine-tuning of each row (column ``defense``): ``none`` for the undefended
+    fine-tune, the defense of a pruned model (also at the alpha chosen on validation data), empty
+    for the reference models."""
+    names = {"sft": "none", **{m: d for d in DEFENSES for m in (d, selected_name(d))}}
+    return models.map(names)
+
+
+def method_prefixes(rows: pd.DataFrame) -> pd.Series:
+    """The training-time defenses of each row as a name prefix: "" for plain SFT at both stages,
+    "vaccine", "lisa", "vaccine+lisa" (the runs' suffixes, :func:`antidote.paths.stage_suffix`)."""
+    stages = rows.reindex(columns=["align_defense", "finetune_defense"])
+    return pd.Series(["+".join(d for d in pair if isinstance(d, str) and d != "sft")
+                      for pair in zip(stages["align_defense"], stages["finetune_defense"])], index=rows.index)
 
 
 def wilson_columns(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -125,11 +154,12 @@ def collect_summary(evaluations: Mapping[str, tuple[str | Path, str | Path | Non
     table = table.reindex(columns=COLUMNS + extra)  # metrics written before a column existed leave it empty
     if selection is not None:
         table = pd.concat([table, selected_rows(table, selection)], ignore_index=True)
-    table = wilson_columns(table, confidence)
-    table = (table.assign(_rank=model_rank(table["model"]))
+    table = wilson_columns(table, confidence).assign(defense=post_defenses(table["model"]))
+    table = (table.assign(_rank=model_rank(table["model"]), **training_ranks(table))
              .sort_values(["task", "judge", "harmful_set", "harmful_ratio", "learning_rate", "epochs", "n_samples",
-                           "seed", "_rank", "alpha", *SAFELORA_COLUMNS], na_position="first", kind="stable")
-             .drop(columns="_rank").reset_index(drop=True))
+                           "seed", "_finetune", "_align", "_rank", "alpha", *SAFELORA_COLUMNS],
+                          na_position="first", kind="stable")
+             .drop(columns=["_rank", "_align", "_finetune"]).reset_index(drop=True))
     with atomic_path(parquet) as temp:
         table.to_parquet(temp, index=False)
     with atomic_path(csv) as temp:
@@ -139,10 +169,13 @@ def collect_summary(evaluations: Mapping[str, tuple[str | Path, str | Path | Non
                                  for row in judgement_rows(name, read_jsonl(answers))], columns=JUDGEMENT_COLUMNS)
         with atomic_path(judgements) as temp:
             verdicts.to_parquet(temp, index=False)
-    # the markdown: each rate with its interval, without the item counts and the evaluation, and
-    # SafeLoRA's columns only where it has rows
-    shown = [c for c in COLUMNS if c not in ("n_benign_prompts", "n_task_items", "evaluation")
-             and (c not in SAFELORA_COLUMNS or table[c].notna().any())]
+    # the markdown: each rate with its interval, without the item counts, the evaluation and the
+    # column defense (model says it), SafeLoRA's columns only where it has rows and the training-time
+    # defenses' only where one is not plain SFT
+    trained_apart = bool(method_prefixes(table).str.len().any())
+    shown = [c for c in COLUMNS if c not in ("n_benign_prompts", "n_task_items", "evaluation", "defense")
+             and (c not in SAFELORA_COLUMNS or table[c].notna().any())
+             and (c not in STAGE_COLUMNS or trained_apart)]
     write_text(markdown, markdown_table(interval_cells(single_set_hidden(table[shown], table))))
     return table
 
@@ -209,14 +242,20 @@ def defense_labels(rows: pd.DataFrame, fold_alpha: bool) -> pd.Categorical:
     :func:`safelora_name`: it has no alpha); a model at the alpha chosen on validation data keeps
     its name (antidote@val: one operating point, whatever alpha each seed chose). Ordered base,
     aligned, sft, then each defense by its setting, so that every table and legend lists them the
-    same way."""
+    same way. Training-time defenses name their rows (vaccine, lisa: the paper's rows) and lead
+    the names of their pruned models (vaccine+antidote-a0.1), alignment-stage ones first."""
     settings = safelora_settings(rows)
     labels = pd.Series([safelora_name(s, v) if pd.notna(s) else
                         pruned_name(m, a) if fold_alpha and pd.notna(a) and m in DEFENSES else m
                         for m, a, s, v in zip(rows["model"], rows["alpha"], settings["safelora_select"],
                                               settings["safelora_value"])], index=rows.index)
-    order = (pd.DataFrame({"label": labels, "rank": model_rank(rows["model"]), "alpha": rows["alpha"], **settings})
-             .sort_values(["rank", "alpha", *SAFELORA_COLUMNS])["label"].unique())
+    # a training-time defense names the row (vaccine, lisa), or leads its pruned models (vaccine+antidote-a0.1)
+    prefixes = method_prefixes(rows)
+    labels = pd.Series([label if not prefix else prefix if model == "sft" else f"{prefix}+{label}"
+                        for label, prefix, model in zip(labels, prefixes, rows["model"])], index=rows.index)
+    order = (pd.DataFrame({"label": labels, "rank": model_rank(rows["model"]), "alpha": rows["alpha"], **settings,
+                           **training_ranks(rows)})
+             .sort_values(["rank", "_finetune", "_align", "alpha", *SAFELORA_COLUMNS])["label"].unique())
     return pd.Categorical(labels, categories=order, ordered=True)
 
 
@@ -335,8 +374,9 @@ def _alpha_free_at_every_alpha(rows: pd.DataFrame) -> pd.DataFrame:
 def axis_statistics(summary: pd.DataFrame, axis: str, verdicts: Verdicts | None = None,
                     statistics: Mapping | None = None) -> pd.DataFrame:
     """HS, BR and FA of the defenses over seeds, one row per defense and value of `axis`. The other
-    swept axes stay columns, so that no number averages over different settings; alpha is folded
-    into the defense unless it is the axis. Models at the alpha chosen on validation data are one
+    swept axes stay columns, so that no number averages over different settings, and only the
+    settings of those at which `axis` takes several values are kept (in a cross design, the arm
+    that sweeps it); alpha is folded into the defense unless it is the axis. Models at the alpha chosen on validation data are one
     line each (not against alpha: they are points of its curve)."""
     rows = summary[summary["model"].isin(["sft", *DEFENSES, *SELECTED_MODELS])]
     selected = rows["model"].isin(SELECTED_MODELS)
@@ -347,6 +387,9 @@ def axis_statistics(summary: pd.DataFrame, axis: str, verdicts: Verdicts | None 
     fold_alpha = axis != "alpha" and rows["alpha"].nunique() > 1
     rows = rows.assign(defense=defense_labels(rows, fold_alpha))
     others = [a for a in swept_axes(rows) if a not in (axis, "alpha")]
+    if axis != "alpha":  # a sweep over one axis at fixed others (one arm of a cross design): its rows alone
+        rows = rows[rows.groupby([*PROVENANCE, "defense", *others], dropna=False, observed=True)[axis]
+                    .transform("nunique") > 1]
     return seed_statistics(rows, [*PROVENANCE, "defense", *others, axis], verdicts, statistics)
 
 

@@ -35,7 +35,7 @@ TRAINING_FIELDS = ("instruction", "output")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dict:
+def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path, only: str | None = None) -> dict:
     """The prompt splits of ``settings["source"]`` (``advbench`` or ``beavertails``), plus the
     benign instructions (``alignment_benign``, and ``benign_test`` held out of it for measuring
     over-refusal: the same for every source), written as JSONL with the counts in ``splits.json``.
@@ -43,7 +43,10 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
     ``sources`` names the files (advbench + donotanswer, or train + test; test_prompts
     optionally); ``settings`` is the config's ``data`` section (source, seed, sizes,
     beavertails.order, test_prompts.field). Seeded splits must be disjoint; the authors' BeaverTails slices
-    may share prompts, which ``splits.json`` counts under ``shared_prompts``.
+    may share prompts, which ``splits.json`` counts under ``shared_prompts``. RepNoise's harmful
+    prompts (:data:`antidote.data.DEFENSE_POOL`, cut after every other split) are written alone with
+    ``only``, so that asking for them rewrites no other split; without it every other split and
+    the report are written.
     """
     sizes, seed = settings["sizes"], settings["seed"]
     test_prompts = None
@@ -65,6 +68,10 @@ def build_splits(sources: dict[str, Path], settings: dict, out_dir: Path) -> dic
     shared = data.shared_prompts(splits)
     for pair, prompts in shared.items():
         logging.warning("%d prompts stand in both %s (the authors' slices), e.g. %r", len(prompts), pair, prompts[0])
+    if only is not None:
+        write_jsonl(out_dir / f"{only}.jsonl", splits[only])
+        return {only: len(splits[only])}
+    splits.pop(data.DEFENSE_POOL)
     for name, records in splits.items():
         write_jsonl(out_dir / f"{name}.jsonl", records)
     report = {"source": settings["source"], "order": order, **{name: len(records) for name, records in splits.items()},

@@ -31,9 +31,12 @@ import contextlib
 import random
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
+# torch itself is imported where a defense computes: the rule files read TRAINING_DEFENSES while
+# Snakemake parses them, which needs no torch (as antidote.prune's DEFENSES).
 
 # A decoder layer's MLP and attention block, by module name: ...model.layers.3.mlp, ...layers.3.self_attn
 # (Llama, Qwen2, Mistral, Gemma)
@@ -98,6 +101,8 @@ class LDIFS(TrainingDefense):
 
     def aligned_features(self, model, batch) -> dict[str, torch.Tensor]:
         """The aligned model's features: the decoder with the adapter switched off (no logits needed)."""
+        import torch
+
         with torch.no_grad(), model.disable_adapter(), self.recording() as found:
             model.get_base_model().model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return found
@@ -131,6 +136,8 @@ class Vaccine(TrainingDefense):
 
     def perturbations(self, model, batch, task_loss) -> dict[str, torch.Tensor]:
         """The first pass: the loss's gradient at each block's output, scaled together to norm rho."""
+        import torch
+
         gradients = {}
         hooks = [m.register_full_backward_hook(
             lambda _m, _grad_in, grad_out, name=name: gradients.__setitem__(name, grad_out[0].detach().clone()))
@@ -233,6 +240,8 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel_mul: float = 2.0, ker
     """Maximum mean discrepancy between two batches of vectors (rows), with a sum of Gaussian
     kernels whose bandwidths are the mean pairwise squared distance times kernel_mul^(i - 2)
     (their MMD_loss; the bandwidth is not differentiated through)."""
+    import torch
+
     total = torch.cat([source, target])
     distances = (total.unsqueeze(0) - total.unsqueeze(1)).pow(2).sum(2)
     n = len(total)
@@ -245,6 +254,8 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel_mul: float = 2.0, ker
 def differing_tokens(ids: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """Where ``ids`` differs from ``other`` cut or padded with 0 to its shape (their
     adapt_dimension_b2a and token inequality): the positions RepNoise's terms read."""
+    import torch
+
     other = other[:ids.shape[0], :ids.shape[1]]
     other = torch.nn.functional.pad(other, (0, ids.shape[1] - other.shape[1], 0, ids.shape[0] - other.shape[0]))
     return ids != other
@@ -253,6 +264,8 @@ def differing_tokens(ids: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 def masked_token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Next-token loss on the sequence's own tokens where ``mask`` holds; logits outside it are
     zeroed and a label that is 0 after masking (token id 0 too) is ignored: their masked_token_ce_loss."""
+    import torch
+
     logits = logits[:, :-1].float() * mask[:, :-1].unsqueeze(-1)
     labels = ids[:, 1:] * mask[:, 1:]
     labels = labels.masked_fill(labels == 0, -100)
@@ -284,6 +297,8 @@ class RepNoise(TrainingDefense):
         self.modules = list(mlp_modules(model).values())
 
     def loss(self, model, batch, step, task_loss):
+        import torch
+
         harmful = self.harmful.next()
         features = {}
         hooks = [m.register_forward_hook(lambda _m, _in, out, i=i: features.__setitem__(i, out))
@@ -321,19 +336,19 @@ class TrainingDefenseSpec:
     summary: str
 
 
-# The training-time defenses, by the name the config gives them.
+# The training-time defenses, by the name the config gives them, in the paper's order.
 TRAINING_DEFENSES = {
     "sft": TrainingDefenseSpec(TrainingDefense, "any", None, "plain supervised fine-tuning on the answers"),
     "vaccine": TrainingDefenseSpec(Vaccine, "align", None,
                                    "alignment whose update is the gradient under a perturbation of the attention "
                                    "outputs along their own gradient, of norm rho (2)"),
-    "ldifs": TrainingDefenseSpec(LDIFS, "finetune", None,
-                                 "fine-tuning with a feature-space distance to the aligned model's MLP outputs "
-                                 "(rho 1e-4; a layer's term only while below 0.1)"),
-    "lisa": TrainingDefenseSpec(Lisa, "finetune", "safe",
-                                "alternating alignment steps on safe answers and fine-tuning steps, each pulled "
-                                "towards the other's weights (rho 1; 100 / 900 steps)"),
     "repnoise": TrainingDefenseSpec(RepNoise, "align", "harmful",
                                     "alignment that pushes the MLP outputs on harmful pairs towards Gaussian noise "
                                     "(beta 0.001) and their answers' likelihood down (alpha 0.1)"),
+    "lisa": TrainingDefenseSpec(Lisa, "finetune", "safe",
+                                "alternating alignment steps on safe answers and fine-tuning steps, each pulled "
+                                "towards the other's weights (rho 1; 100 / 900 steps)"),
+    "ldifs": TrainingDefenseSpec(LDIFS, "finetune", None,
+                                 "fine-tuning with a feature-space distance to the aligned model's MLP outputs "
+                                 "(rho 1e-4; a layer's term only while below 0.1)"),
 }

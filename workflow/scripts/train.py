@@ -14,4 +14,5 @@ with lower_on_out_of_memory(f"{snakemake.rule}.train.batch_size", f"{snakemake.r
     train_stage(Path(snakemake.input.model), [Path(f) for f in snakemake.input.data], Path(out[0]),
                 p.lora, p.train, p.prompt_format, merge=p.merge, device=device, dtype=p.dtype, adapter_dir=adapter,
                 checkpoint_dir=Path(p.checkpoints), checkpoint_every=training["checkpoint_every"],
-                checkpoint_minutes=training["checkpoint_minutes"])
+                checkpoint_minutes=training["checkpoint_minutes"], defense=p.defense["name"],
+                defense_settings=p.defense["settings"], guide_files=[Path(f) for f in snakemake.input.guide])
