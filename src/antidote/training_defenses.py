@@ -243,7 +243,10 @@ def mmd(source: torch.Tensor, target: torch.Tensor, kernel_mul: float = 2.0, ker
     import torch
 
     total = torch.cat([source, target])
-    distances = (total.unsqueeze(0) - total.unsqueeze(1)).pow(2).sum(2)
+    # ||a - b||^2 from the Gram matrix: theirs subtracts every pair of rows (n x n x features, each
+    # layer's kept for the backward pass), the cost of most of a step here; equal within rounding
+    squares = total.pow(2).sum(1)
+    distances = (squares.unsqueeze(0) + squares.unsqueeze(1) - 2 * total @ total.T).clamp_min(0)
     n = len(total)
     bandwidth = distances.detach().sum() / (n * n - n) / kernel_mul ** (kernel_num // 2)
     kernels = sum(torch.exp(-distances / (bandwidth * kernel_mul ** i)) for i in range(kernel_num))
