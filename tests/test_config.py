@@ -135,6 +135,16 @@ BAD = [
     ("data.sizes.task_validation", -1, ["-1 is less than the minimum of 0", "task_validation"]),
     ("statistics", {"confidence": 95}, ["95 is greater than or equal to the maximum of 1", "confidence"]),
     ("statistics", {"resamples": 10}, ["10 is less than the minimum of 100", "resamples"]),
+    # training-time defenses: each at its own stage, with its own settings and data
+    ("align.defense", ["lisa"], ["align.defense: 'lisa' is not one of the align-stage defenses"]),
+    ("finetune.defense", ["vaccine"], ["finetune.defense: 'vaccine' is not one of the finetune-stage defenses"]),
+    ("finetune.defense", ["sft", "sft"], ["finetune.defense: ['sft', 'sft'] lists a value twice"]),
+    ("align.defense", ["repnoise"], ["'repnoise' reads harmful pairs of its own, but data.sizes.repnoise_pool is 0"]),
+    ("align.defense_settings", {"vaccine": {"radius": 2}},
+     ["align.defense_settings.vaccine.radius: not a setting of vaccine (its settings: rho)"]),
+    ("finetune.runs", [{"finetune_defense": "ldfis"}], ["finetune.runs[0].finetune_defense: 'ldfis' is not one of"]),
+    ("finetune.runs", [{"defenses": ["safelora"]}], ["finetune.runs[0].defenses: 'safelora' is not one of the "
+                                                      "defenses of prune.defenses"]),
 ]
 
 
@@ -231,3 +241,35 @@ def test_study_config_is_the_default_run_with_seeds_and_a_sweep_of_every_defense
     default = copy.deepcopy(DEFAULT)
     default["finetune"].pop("seed"), default.pop("prune")
     assert {k: v for k, v in study.items() if k != "results_name"} == default
+
+
+def test_training_defenses_are_grid_axes_named_in_the_run_ids():
+    from antidote.config import expand_runs
+
+    config = changed("align.defense", ["sft", "vaccine"])
+    config["finetune"]["runs"] = [{"finetune_defense": ["sft", "lisa"]}, {"seed": 1, "defenses": []}]
+    check(config)
+    runs = expand_runs(config)
+    assert list(runs) == ["sst2-p0.2-lr0.001-ep2-n200-s0", "sst2-p0.2-lr0.001-ep2-n200-s0+lisa",
+                          "sst2-p0.2-lr0.001-ep2-n200-s0+vaccine", "sst2-p0.2-lr0.001-ep2-n200-s0+vaccine+lisa",
+                          "sst2-p0.2-lr0.001-ep2-n200-s1", "sst2-p0.2-lr0.001-ep2-n200-s1+vaccine"]
+    assert runs["sst2-p0.2-lr0.001-ep2-n200-s0+vaccine+lisa"]["align_defense"] == "vaccine"
+    assert runs["sst2-p0.2-lr0.001-ep2-n200-s0+lisa"]["defenses"] == DEFAULT["prune"]["defenses"]
+    assert runs["sst2-p0.2-lr0.001-ep2-n200-s1"]["defenses"] == []
+
+
+def test_hyperparams_config_runs_the_six_methods_over_learning_rate_and_epochs():
+    from antidote.config import expand_runs, pruned_models
+
+    study = yaml.safe_load((REPO / "config/hyperparams.yaml").read_text())
+    check(copy.deepcopy(study))
+    runs = expand_runs(study).values()
+    methods = {(r["align_defense"], r["finetune_defense"], bool(pruned_models(r, study["prune"]))) for r in runs}
+    assert methods == {("sft", "sft", True), ("vaccine", "sft", False), ("repnoise", "sft", False),
+                       ("sft", "lisa", False), ("sft", "ldifs", False)}
+    for method in methods:  # every method at every setting of both arms, with two seeds
+        settings = {(r["learning_rate"], r["epochs"], r["seed"]) for r in runs
+                    if (r["align_defense"], r["finetune_defense"], bool(pruned_models(r, study["prune"]))) == method}
+        learning_rates = sorted({lr for lr, ep, _ in settings if ep == 2})
+        assert len(learning_rates) >= 3 and learning_rates[-1] / learning_rates[0] >= 100
+        assert len({ep for lr, ep, _ in settings if lr == 1e-4}) >= 3 and {s for *_, s in settings} == {0, 1}

@@ -416,14 +416,14 @@ def summary_tables(summary: pd.DataFrame, verdicts: Verdicts | None = None,
 
 def statistic_cells(table: pd.DataFrame) -> pd.DataFrame:
     """Each "X mean ..." column with its companions as one "X ..." column, as a reader wants it:
-    "mean [lo, hi]" for a rate (its interval), "mean ± std" for the update removed (just the
-    mean where there is no interval or one seed)."""
+    "mean ± std [lo, hi]" for a rate over seeds (the spread of the seeds, then the interval),
+    "mean [lo, hi]" for one run, "mean ± std" for the update removed (just the mean where there
+    is neither an interval nor a second seed)."""
     def cell(mean, std, low, high):
         if pd.isna(mean):
             return ""
-        if pd.notna(low):
-            return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
-        return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f} ± {std:.1f}"
+        spread = "" if pd.isna(std) else f" ± {std:.1f}"
+        return f"{mean:.1f}{spread}" + ("" if pd.isna(low) else f" [{low:.1f}, {high:.1f}]")
 
     columns, missing = {}, pd.Series(np.nan, index=table.index)
     for name in table.columns:
