@@ -356,12 +356,14 @@ def test_paper_config_dry_runs_the_whole_dag_and_a_real_run_stops_before_any_job
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert "Missing input: base_model: 'models/Llama-2-7b-hf' does not exist" in dry.stdout + dry.stderr
     plan = job_counts(dry.stdout + dry.stderr)
-    # 3 tasks, one run each; 4 defenses at one alpha (2 calibration sets); base + aligned per task,
-    # sft + 4 pruned per run
-    assert plan == {"data_splits": 1, "task_data": 3, "align": 1, "finetune_data": 3, "finetune": 3, "score": 6,
-                    "prune": 12, "evaluate": 15, "evaluate_reference": 6, "collect": 1, "tables": 1, "paired": 1,
-                    "plots": 1, "mask_stats": 1, "all": 1}
-    assert sum(plan.values()) == 56
+    # the six methods (SFT, Vaccine, RepNoise, Lisa, LDIFS: 5 trainings; Antidote prunes SFT's) at each
+    # task's setting (3) and over SST-2's 2 other learning rates and 3 other epoch counts: 40 runs, 8 of
+    # them SFT's with 4 defenses at one alpha (2 calibration sets); 3 aligned models (SFT, Vaccine,
+    # RepNoise); base + aligned per task
+    assert plan == {"data_splits": 1, "repnoise_split": 1, "task_data": 3, "align": 3, "finetune_data": 40,
+                    "finetune": 40, "score": 16, "prune": 32, "evaluate": 72, "evaluate_reference": 6, "collect": 1,
+                    "tables": 1, "paired": 1, "plots": 1, "mask_stats": 1, "all": 1}
+    assert sum(plan.values()) == 220
     real = snakemake(*where, "--cores", "1")
     assert real.returncode != 0
     assert "Stopped before any job" in real.stdout + real.stderr

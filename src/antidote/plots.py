@@ -15,8 +15,8 @@ from .atomic import atomic_path
 from .prune import DEFENSES
 from .paths import selected_name
 from .results import (AXES, AXIS_SYMBOLS, MODEL_ORDER, PROVENANCE, REFERENCE_MODELS, SAFELORA_COLUMNS, SELECTED_MODELS,
-                      STATISTICS, Verdicts, axis_statistics, defense_labels, safelora_settings, seed_statistics,
-                      setting_labels, swept_axes)
+                      STATISTICS, Verdicts, axis_statistics, defense_labels, method_prefixes, safelora_settings,
+                      seed_statistics, setting_labels, swept_axes)
 
 AXIS_TITLES = {
     "harmful_ratio": "harmful ratio p (fraction of fine-tuning samples)",
@@ -195,8 +195,11 @@ def write_plots(summary: pd.DataFrame, folder: str | Path, judgements: pd.DataFr
     intervals over seeds come from every prompt's verdict (``judgements``)."""
     folder, axes, masked = Path(folder), swept_axes(summary), summary["alpha"].notna().any()
     verdicts = Verdicts(judgements)
-    plot_tradeoff(summary, folder / "tradeoff.png")
-    plot_against_removed(summary, folder / "by_update_removed.png", verdicts, statistics)
+    # the post-fine-tuning defenses on plainly trained runs (a training-time baseline's undefended
+    # fine-tune is no sft point); the baselines have their own lines in by_<axis>.png
+    plain = summary[method_prefixes(summary) == ""]
+    plot_tradeoff(plain, folder / "tradeoff.png")
+    plot_against_removed(plain, folder / "by_update_removed.png", verdicts, statistics)
     for axis in plotted_axes(axes, masked):
         plot_against(summary, axis, folder / f"by_{axis}.png", verdicts, statistics)
     return [folder / f"{name}.png" for name in plot_names(axes, masked)]
