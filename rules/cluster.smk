@@ -58,9 +58,11 @@ def evaluation_minutes(task, harmful_prompts, benign_prompts, task_items):
 STAGE_WORK = {
     "base_answers": lambda w: generation_minutes(SIZES[w.split], config["data"]["generation_batch_size"],
                                                  config["data"]["answer_max_new_tokens"]),
+    # a training-time defense's step costs more than SFT's (TrainingDefenseSpec.cost)
     "align": lambda w: training_minutes(SIZES["alignment_harmful"] + SIZES["alignment_benign"],
-                                        config["align"]["train"]["epochs"]),
-    "finetune": lambda w: training_minutes(RUNS[w.run]["n_samples"], RUNS[w.run]["epochs"]),
+                                        config["align"]["train"]["epochs"]) * TRAINING_DEFENSES[ALIGNMENTS[w.align]].cost,
+    "finetune": lambda w: (training_minutes(RUNS[w.run]["n_samples"], RUNS[w.run]["epochs"])
+                           * TRAINING_DEFENSES[RUNS[w.run]["finetune_defense"]].cost),
     "score": lambda w: (config["data"]["calibration_size"] / CALIBRATION_SEQUENCES_PER_S_AT_7B
                         * model_parameters() / SEVEN_B / 60),
     # every harmful set counted as large as the built-in one

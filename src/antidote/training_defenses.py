@@ -337,6 +337,9 @@ class TrainingDefenseSpec:
     stage: str            # "align" or "finetune": the training it applies to
     guide: str | None     # the data of its own it reads: "safe" (the alignment data) or "harmful" (harmful pairs)
     summary: str
+    # a training step's time against plain SFT's, measured (bench/training_defense_cost.py, the
+    # hyperparams study's jobs): the cluster's time estimate of a training scales by it
+    cost: float = 1.0
 
 
 # The training-time defenses, by the name the config gives them, in the paper's order.
@@ -344,14 +347,14 @@ TRAINING_DEFENSES = {
     "sft": TrainingDefenseSpec(TrainingDefense, "any", None, "plain supervised fine-tuning on the answers"),
     "vaccine": TrainingDefenseSpec(Vaccine, "align", None,
                                    "alignment whose update is the gradient under a perturbation of the attention "
-                                   "outputs along their own gradient, of norm rho (2)"),
+                                   "outputs along their own gradient, of norm rho (2)", cost=2.0),
     "repnoise": TrainingDefenseSpec(RepNoise, "align", "harmful",
                                     "alignment that pushes the MLP outputs on harmful pairs towards Gaussian noise "
-                                    "(beta 0.001) and their answers' likelihood down (alpha 0.1)"),
+                                    "(beta 0.001) and their answers' likelihood down (alpha 0.1)", cost=2.6),
     "lisa": TrainingDefenseSpec(Lisa, "finetune", "safe",
                                 "alternating alignment steps on safe answers and fine-tuning steps, each pulled "
                                 "towards the other's weights (rho 1; 100 / 900 steps)"),
     "ldifs": TrainingDefenseSpec(LDIFS, "finetune", None,
                                  "fine-tuning with a feature-space distance to the aligned model's MLP outputs "
-                                 "(rho 1e-4; a layer's term only while below 0.1)"),
+                                 "(rho 1e-4; a layer's term only while below 0.1)", cost=1.4),
 }
