@@ -350,7 +350,7 @@ TRAINING_DEFENSES = {
                                    "outputs along their own gradient, of norm rho (2)", cost=2.0),
     "repnoise": TrainingDefenseSpec(RepNoise, "align", "harmful",
                                     "alignment that pushes the MLP outputs on harmful pairs towards Gaussian noise "
-                                    "(beta 0.001) and their answers' likelihood down (alpha 0.1)", cost=2.6),
+                                    "(beta 0.001) and their answers' likelihood down (alpha 0.1)", cost=2.4),
     "lisa": TrainingDefenseSpec(Lisa, "finetune", "safe",
                                 "alternating alignment steps on safe answers and fine-tuning steps, each pulled "
                                 "towards the other's weights (rho 1; 100 / 900 steps)"),
