@@ -45,7 +45,7 @@ TASK_SPLIT_NAMES = ["task_train", "task_validation", "task_eval"]  # rule task_d
 # (sst2-p0.2-lr0.001-ep2-n200-s0), with the mask ratios it is pruned with.
 RUNS = expand_runs(config)
 TASKS = sorted({run["task"] for run in RUNS.values()})
-# Every aligned model by its wildcard align ("" for SFT's, "+vaccine"): the runs' and SFT's, the reference
+# Every aligned model by its wildcard align (empty for SFT's, +vaccine for Vaccine's): the runs' and SFT's
 ALIGNMENTS = {stage_suffix(name): name for name in ["sft", *sorted({run["align_defense"] for run in RUNS.values()})]}
 # Every pruned model's name (antidote-a0.1, safelora-k10) -> its defense, alpha and SafeLoRA setting:
 # names are made, never parsed back.

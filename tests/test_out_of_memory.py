@@ -68,7 +68,8 @@ def test_each_model_script_names_its_settings_when_the_gpu_runs_out_of_memory(
     monkeypatch.setattr(antidote.stages, stage, out_of_memory)
     fake = FakeSnakemake(rule, tmp_path, **dict.fromkeys(inputs))
     if script == "train":
-        fake.input.named["data"] = [str(tmp_path / "data.jsonl")]
+        fake.input.named.update(data=[str(tmp_path / "data.jsonl")], guide=[])
+        fake.params.defense = {"name": "sft", "settings": {}}
     with pytest.raises(torch.cuda.OutOfMemoryError) as caught:
         runpy.run_path(str(REPO / f"workflow/scripts/{script}.py"), init_globals={"snakemake": fake})
     message = str(caught.value)
