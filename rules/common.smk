@@ -140,9 +140,10 @@ def get_align_guide(wildcards):
     return defense_data(ALIGNMENTS[wildcards.align])
 
 
-def aligned_model(run=None):
-    """The aligned model a run fine-tunes (its alignment-stage defense's), or SFT's without a run."""
-    return PATHS["aligned_model"].format(align=stage_suffix(RUNS[run]["align_defense"]) if run else "")
+def aligned_model(run=None, kind="aligned_model"):
+    """The aligned model a run fine-tunes (its alignment-stage defense's), or SFT's without a run;
+    with kind="alignment_adapter" the adapter it merged."""
+    return PATHS[kind].format(align=stage_suffix(RUNS[run]["align_defense"]) if run else "")
 
 
 def get_run_aligned_model(wildcards):
@@ -150,7 +151,7 @@ def get_run_aligned_model(wildcards):
 
 
 def get_run_alignment_adapter(wildcards):
-    return PATHS["alignment_adapter"].format(align=stage_suffix(RUNS[wildcards.run]["align_defense"]))
+    return aligned_model(wildcards.run, kind="alignment_adapter")
 
 
 # --- data

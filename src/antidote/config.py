@@ -40,9 +40,8 @@ def _as_list(value) -> list:
 def axis_values(config: dict) -> dict[str, list]:
     """The config's list for every grid axis: ``finetune.<axis>``, and the training-time defenses
     ``align.defense`` and ``finetune.defense`` (default ``[sft]``)."""
-    values = {axis: config["finetune"][axis] for axis in GRID_AXES if axis not in ("align_defense", "finetune_defense")}
-    return {**values, "align_defense": config.get("align", {}).get("defense", ["sft"]),
-            "finetune_defense": config["finetune"].get("defense", ["sft"])}
+    defenses = {axis: config.get(stage, {}).get("defense", ["sft"]) for axis, stage in DEFENSE_KEYS.values()}
+    return {axis: defenses[axis] if axis in defenses else config["finetune"][axis] for axis in GRID_AXES}
 
 
 def expand_runs(config: dict) -> dict[str, dict]:
