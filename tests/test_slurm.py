@@ -115,9 +115,18 @@ def sacct(run: str, since: str) -> list[dict]:
         if row["group"]:
             row["job"] = (row["group"], row["Comment"].removeprefix(f"rule_{row['group']}_"))
         else:
-            rule, wildcards = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", row["Comment"]).groups()
+            match = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.*))?", row["Comment"])
+            assert match, f"a job of run {run} without the plugin's comment: {row}\nsacct printed:\n{out}"
+            rule, wildcards = match.groups()
             row["job"] = (rule, wildcards or "")
     return sorted(rows, key=lambda row: int(row["JobID"]))
+
+
+def cluster_state() -> str:
+    """What the cluster was doing, for a message: its node and its queue."""
+    commands = [["sinfo", "-N", "-o", "%N %P %T %G %E"], ["squeue", "-o", "%i %j %P %T %R %b"]]
+    return "".join(f"\n$ {' '.join(c)}\n" + subprocess.run(c, capture_output=True, text=True).stdout
+                   for c in commands)
 
 
 def completed(rows: list[dict]) -> Counter:
@@ -271,7 +280,7 @@ def test_a_job_given_a_gpu_it_cannot_use_stops_at_once(cluster, tmp_path):
     job = subprocess.run(["timeout", "-k", "10", "120", "sbatch", "--wait", "-p", GPU_PARTITION, "--gpus=1",
                           "-o", str(out), "--wrap", f"{sys.executable} -c \"{check}\""],
                          capture_output=True, text=True, env=env)
-    assert job.returncode not in (0, 124, 137), job.stdout + job.stderr
+    assert job.returncode not in (0, 124, 137), job.stdout + job.stderr + cluster_state()
     text = out.read_text()
     assert "DeviceError: device 'auto': this job was given a GPU (SLURM_JOB_GPUS=0) but this torch build" in text
     assert time.time() - started < 60
