@@ -10,7 +10,7 @@ from antidote.config import (TASK_FILE_KEYS, check_config, expand_runs, missing_
 from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_name, evaluation_paths, pruned_name, stage_suffix
 from antidote.plots import plot_names
 from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
-from antidote.results import REFERENCE_MODELS, run_axes, swept_axes, table_names
+from antidote.results import run_axes, swept_axes, table_names
 from antidote.training_defenses import TRAINING_DEFENSES
 
 
@@ -47,6 +47,9 @@ RUNS = expand_runs(config)
 TASKS = sorted({run["task"] for run in RUNS.values()})
 # Every aligned model by its wildcard align (empty for SFT's, +vaccine for Vaccine's): the runs' and SFT's
 ALIGNMENTS = {stage_suffix(name): name for name in ["sft", *sorted({run["align_defense"] for run in RUNS.values()})]}
+# The models evaluated once per task, before any fine-tuning, as every run's references: the base
+# model and each aligned model (aligned: SFT's, aligned+vaccine: Vaccine's) -> its alignment-stage defense
+REFERENCES = {"base": None, **{f"aligned{suffix}": name for suffix, name in ALIGNMENTS.items()}}
 # Every pruned model's name (antidote-a0.1, safelora-k10) -> its defense, alpha and SafeLoRA setting:
 # names are made, never parsed back.
 PRUNED = {name: spec for r in RUNS.values() for name, spec in pruned_models(r, config["prune"]).items()}
@@ -140,10 +143,10 @@ def get_align_guide(wildcards):
     return defense_data(ALIGNMENTS[wildcards.align])
 
 
-def aligned_model(run=None, kind="aligned_model"):
-    """The aligned model a run fine-tunes (its alignment-stage defense's), or SFT's without a run;
-    with kind="alignment_adapter" the adapter it merged."""
-    return PATHS[kind].format(align=stage_suffix(RUNS[run]["align_defense"]) if run else "")
+def aligned_model(run=None, kind="aligned_model", align_defense="sft"):
+    """The aligned model a run fine-tunes (its alignment-stage defense's), or without a run
+    align_defense's; with kind="alignment_adapter" the adapter it merged."""
+    return PATHS[kind].format(align=stage_suffix(RUNS[run]["align_defense"] if run else align_defense))
 
 
 def get_run_aligned_model(wildcards):
@@ -270,13 +273,14 @@ def get_prune_inputs(wildcards):
 
 
 # --- evaluation: the models of a run (wildcards run and model, in evaluate) and the reference
-# models base and aligned (wildcards task and model, in evaluate_reference)
+# models (REFERENCES; wildcards task and model, in evaluate_reference)
 
 def get_evaluated_model(wildcards):
-    """Model directory and adapter: the base model, the aligned model, or the aligned model with
-    a run's adapter (sft's own, or a pruned one)."""
+    """Model directory and adapter: the base model, an aligned model, or a run's aligned model with
+    the run's adapter (sft's own, or a pruned one)."""
     if "run" not in wildcards.keys():
-        return {"model": external(config["base_model"]) if wildcards.model == "base" else aligned_model()}
+        align_defense = REFERENCES[wildcards.model]
+        return {"model": aligned_model(align_defense=align_defense) if align_defense else external(config["base_model"])}
     if wildcards.model == "sft":
         return {"model": aligned_model(wildcards.run), "adapter": PATHS["adapter"].format(**wildcards)}
     # a pruned model's record (its mask, or SafeLoRA's projection table) carries its update_removed,
@@ -318,12 +322,15 @@ def get_task_eval(wildcards):
 
 def get_summary_row(wildcards):
     """The settings columns of the evaluated model's summary rows (a reference model has no run, no
-    alpha and no SafeLoRA setting)."""
+    alpha and no SafeLoRA setting; every aligned model is model "aligned", told apart by its
+    align_defense)."""
     unpruned = dict(alpha=None, safelora_select=None, safelora_value=None)
     if "run" not in wildcards.keys():
+        align_defense = REFERENCES[wildcards.model]
         empty = dict(harmful_ratio=None, learning_rate=None, epochs=None, n_samples=None, seed=None,
-                     finetune_defense=None, align_defense="sft" if wildcards.model == "aligned" else None)
-        return dict(model=wildcards.model, task=wildcards.task, update_removed=None, **unpruned, **empty)
+                     finetune_defense=None, align_defense=align_defense)
+        return dict(model="aligned" if align_defense else "base", task=wildcards.task, update_removed=None,
+                    **unpruned, **empty)
     pruned = PRUNED.get(wildcards.model, {"defense": "sft", **unpruned})
     settings = {key: pruned[key] for key in unpruned}
     # sft removes nothing; a pruned model's share is read from its record by the evaluate script
@@ -346,7 +353,7 @@ def evaluation_params(sets, benign, judges):
 def evaluations():
     """Every evaluation of the grid by name (antidote.paths.evaluation_name; the summary's column
     evaluation) -> its wildcards: the reference models per task, every model of every run."""
-    named = {evaluation_name(m, task=t): dict(task=t, model=m) for t in TASKS for m in REFERENCE_MODELS}
+    named = {evaluation_name(m, task=t): dict(task=t, model=m) for t in TASKS for m in REFERENCES}
     named.update({evaluation_name(m, run=r): dict(run=r, model=m) for r in RUNS for m in run_models(r)})
     return named
 

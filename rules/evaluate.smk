@@ -27,12 +27,12 @@ rule evaluate:
 
 
 use rule evaluate as evaluate_reference with:
-    # The base and aligned models, evaluated once per task (no run, no adapter).
+    # The base model and every aligned model, evaluated once per task (no run, no adapter).
     output:
         metrics=PATHS["reference_metrics"],
         answers=PATHS["reference_answers"],
     wildcard_constraints:
-        model="|".join(REFERENCE_MODELS),
+        model="|".join(map(re.escape, REFERENCES)),
     log:
         f"{LOGS}evaluate/reference/{{task}}/{{model}}.log",
     benchmark:

@@ -238,14 +238,16 @@ RERUN_PLANS = {
     "alignment": ("align: {train: {epochs: 2, learning_rate: 0.002}}\n",
                   {"align": 1, "finetune": 1, "score": 2, **PRUNED_JOBS, "evaluate_reference": 1, **SELECTION_JOBS,
                    "evaluate_reference_for_selection": 1, **AFTER}),
-    # training-time defenses of both stages add their aligned model and their runs, and rerun nothing else
+    # training-time defenses of both stages add their aligned model (evaluated as a reference) and their
+    # runs, and rerun nothing else
     "training_defenses": ("align: {defense: [sft, vaccine]}\nfinetune: {defense: [sft, lisa]}\n",
-                          {"align": 1, "finetune_data": 3, "finetune": 3, "score": 6,
+                          {"align": 1, "evaluate_reference": 1, "finetune_data": 3, "finetune": 3, "score": 6,
                            **{rule: 3 * n for rule, n in PRUNED_JOBS.items()}, "evaluate_for_selection": 9,
                            "select_alpha": 1, **AFTER}),
     # RepNoise's harmful prompts are a split of their own: asking for them re-cuts no other split
     "repnoise": ("data: {sizes: {repnoise_pool: 4}}\nalign: {defense: [repnoise]}\n",
-                 {"repnoise_split": 1, "base_answers": 1, "align": 1, "finetune_data": 1, "finetune": 1, "score": 2,
+                 {"repnoise_split": 1, "base_answers": 1, "align": 1, "evaluate_reference": 1, "finetune_data": 1,
+                  "finetune": 1, "score": 2,
                   **PRUNED_JOBS, **SELECTION_JOBS, **AFTER}),
     # another margin chooses again from the same validation evaluations (and masks nothing anew)
     "select_margin": ("prune: {select: {margin: 10}}\n", {"select_alpha": 1, **RESULTS_ONLY}),
@@ -359,11 +361,11 @@ def test_paper_config_dry_runs_the_whole_dag_and_a_real_run_stops_before_any_job
     # the six methods (SFT, Vaccine, RepNoise, Lisa, LDIFS: 5 trainings; Antidote prunes SFT's) at each
     # task's setting (3) and over SST-2's 2 other learning rates and 3 other epoch counts: 40 runs, 8 of
     # them SFT's with 4 defenses at one alpha (2 calibration sets); 3 aligned models (SFT, Vaccine,
-    # RepNoise); base + aligned per task
+    # RepNoise); the base model and the 3 aligned models per task
     assert plan == {"data_splits": 1, "repnoise_split": 1, "task_data": 3, "align": 3, "finetune_data": 40,
-                    "finetune": 40, "score": 16, "prune": 32, "evaluate": 72, "evaluate_reference": 6, "collect": 1,
+                    "finetune": 40, "score": 16, "prune": 32, "evaluate": 72, "evaluate_reference": 12, "collect": 1,
                     "tables": 1, "paired": 1, "plots": 1, "mask_stats": 1, "all": 1}
-    assert sum(plan.values()) == 220
+    assert sum(plan.values()) == 226
     real = snakemake(*where, "--cores", "1")
     assert real.returncode != 0
     assert "Stopped before any job" in real.stdout + real.stderr
@@ -494,7 +496,14 @@ def test_the_papers_baselines_run_as_branches_and_name_their_rows(tiny_run, tmp_
     assert sorted(zip(trained["align_defense"], trained["finetune_defense"], trained["defense"])) == [
         ("repnoise", "sft", "none"), ("sft", "ldifs", "none"), ("sft", "lisa", "none"), ("sft", "sft", "none"),
         ("vaccine", "sft", "none")]
-    assert set(summary.loc[summary["model"] != "sft", "align_defense"].dropna()) == {"sft"}  # pruned: SFT's runs only
+    pruned = summary[~summary["model"].isin(["base", "aligned", "sft"])]
+    assert set(pruned["align_defense"]) == {"sft"}  # SFT's runs only
+    # each aligned model is a reference row, before fine-tuning
+    aligned = summary[summary["model"] == "aligned"].drop_duplicates("evaluation")
+    assert dict(zip(aligned["evaluation"], aligned["align_defense"])) == {
+        "reference/sst2/aligned": "sft", "reference/sst2/aligned+vaccine": "vaccine",
+        "reference/sst2/aligned+repnoise": "repnoise"}
     main = pd.read_csv(folder / "results/tables/main.csv")
     labels = list(dict.fromkeys(main["defense"]))
-    assert labels[:7] == ["base", "aligned", "sft", "vaccine", "repnoise", "lisa", "ldifs"]
+    assert labels[:9] == ["base", "aligned", "aligned+vaccine", "aligned+repnoise", "sft", "vaccine", "repnoise",
+                          "lisa", "ldifs"]

@@ -27,7 +27,7 @@ from .atomic import atomic_path, write_text
 from .paths import pruned_name, selected_name
 from .prune import DEFENSES
 from .results import (DEFAULT_STATISTICS, METRICS, RATES, REFERENCE_MODELS, Verdicts, defense_labels, markdown_table,
-                      swept_axes)
+                      method_prefixes, swept_axes)
 from .stats import crossed_bootstrap_interval, holm, mcnemar_exact, paired_difference_interval
 
 # A defense's controls, compared with it at the same alpha (and at the alpha each chose on validation data)
@@ -62,8 +62,9 @@ def comparison_pairs(summary: pd.DataFrame) -> pd.DataFrame:
     runs = rows[~rows["model"].isin(REFERENCE_MODELS)]
     by_label = {(*(r[k] for k in RUN_SETTINGS), r["seed"], r["judge"], r["harmful_set"], r["defense"]): r["evaluation"]
                 for _, r in runs.iterrows()}
-    aligned = {(r["task"], r["judge"], r["harmful_set"]): r["evaluation"]
-               for _, r in references[references["model"] == "aligned"].iterrows()}
+    # every run against SFT's aligned model (a Vaccine or RepNoise aligned model is a reference row of its own)
+    sft_aligned = references[(references["model"] == "aligned") & (method_prefixes(references) == "")]
+    aligned = {(r["task"], r["judge"], r["harmful_set"]): r["evaluation"] for _, r in sft_aligned.iterrows()}
     pairs = []
     for _, row in runs.iterrows():
         settings = {k: row[k] for k in ["judge", "harmful_set", "n_test_prompts", "task_data", *RUN_SETTINGS, "seed"]}

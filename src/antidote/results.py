@@ -243,7 +243,8 @@ def defense_labels(rows: pd.DataFrame, fold_alpha: bool) -> pd.Categorical:
     its name (antidote@val: one operating point, whatever alpha each seed chose). Ordered base,
     aligned, sft, then each defense by its setting, so that every table and legend lists them the
     same way. Training-time defenses name their rows (vaccine, lisa: the paper's rows) and lead
-    the names of their pruned models (vaccine+antidote-a0.1), alignment-stage ones first."""
+    the names of their pruned models (vaccine+antidote-a0.1), alignment-stage ones first; an
+    aligned model is named as its evaluation (aligned+vaccine: Vaccine's, before fine-tuning)."""
     settings = safelora_settings(rows)
     labels = pd.Series([safelora_name(s, v) if pd.notna(s) else
                         pruned_name(m, a) if fold_alpha and pd.notna(a) and m in DEFENSES else m
@@ -251,8 +252,9 @@ def defense_labels(rows: pd.DataFrame, fold_alpha: bool) -> pd.Categorical:
                                               settings["safelora_value"])], index=rows.index)
     # a training-time defense names the row (vaccine, lisa), or leads its pruned models (vaccine+antidote-a0.1)
     prefixes = method_prefixes(rows)
-    labels = pd.Series([label if not prefix else prefix if model == "sft" else f"{prefix}+{label}"
-                        for label, prefix, model in zip(labels, prefixes, rows["model"])], index=rows.index)
+    labels = pd.Series([label if not prefix else prefix if model == "sft" else f"aligned+{prefix}" if model == "aligned"
+                        else f"{prefix}+{label}" for label, prefix, model in zip(labels, prefixes, rows["model"])],
+                       index=rows.index)
     order = (pd.DataFrame({"label": labels, "rank": model_rank(rows["model"]), "alpha": rows["alpha"], **settings,
                            **training_ranks(rows)})
              .sort_values(["rank", "_finetune", "_align", "alpha", *SAFELORA_COLUMNS])["label"].unique())
