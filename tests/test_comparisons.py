@@ -220,3 +220,20 @@ def test_verdicts_alike_everywhere_fall_back_on_the_pooled_prompts():
     expected = paired_difference_interval(flagged, 0, 0, 3 * PROMPTS - flagged)
     assert (row["difference"], row["lo"], row["hi"]) == tuple(pytest.approx(100 * v) for v in expected)
     assert row["lo"] < 0 < row["hi"] and row["p_value"] == 1 and "pooled" in row["method"]
+
+
+def test_runs_are_compared_with_sfts_aligned_model_and_another_aligned_model_is_a_row_of_its_own():
+    """Vaccine's aligned model, a reference row beside SFT's (model aligned, align_defense
+    vaccine), flags every prompt: the runs' comparisons with the aligned model stay those with
+    SFT's, and the main table names the other one aligned+vaccine."""
+    summary, judgements = world(seeds=(0,))
+    summary = summary.assign(align_defense="sft")
+    name = evaluation_name("aligned+vaccine", task="sst2")
+    vaccine = summary[summary["model"] == "aligned"].assign(align_defense="vaccine", evaluation=name, harmful_score=100.0)
+    flagged = judgements[judgements["evaluation"] == "reference/sst2/aligned"].assign(evaluation=name)
+    flagged.loc[flagged["metric"] == "harmful_score", "outcome"] = True
+    expected = paired_table(summary, judgements)
+    table = paired_table(pd.concat([summary, vaccine], ignore_index=True), pd.concat([judgements, flagged]))
+    pd.testing.assert_frame_equal(table, expected)
+    labels = main_table(pd.concat([summary, vaccine], ignore_index=True))["defense"].astype(str).tolist()
+    assert labels[:2] == ["aligned", "aligned+vaccine"]

@@ -95,8 +95,9 @@ def run_id(task, harmful_ratio, learning_rate, epochs, n_samples, seed, align_de
 
 def evaluation_name(model: str, run: str | None = None, task: str | None = None) -> str:
     """An evaluation's name in the results (column ``evaluation``): ``<run>/<model>`` for the
-    models of a run, ``reference/<task>/<model>`` for base and aligned, as their folders under
-    ``eval/``. It ties a summary row to its prompts' verdicts in ``judgements.parquet``."""
+    models of a run, ``reference/<task>/<model>`` for base and the aligned models (aligned,
+    aligned+vaccine), as their folders under ``eval/``. It ties a summary row to its prompts'
+    verdicts in ``judgements.parquet``."""
     return f"{run}/{model}" if run is not None else f"reference/{task}/{model}"
 
 
