@@ -225,7 +225,7 @@ def test_verdicts_alike_everywhere_fall_back_on_the_pooled_prompts():
 def test_runs_are_compared_with_sfts_aligned_model_and_another_aligned_model_is_a_row_of_its_own():
     """Vaccine's aligned model, a reference row beside SFT's (model aligned, align_defense
     vaccine), flags every prompt: the runs' comparisons with the aligned model stay those with
-    SFT's, and the main table names the other one aligned+vaccine."""
+    SFT's, Vaccine's aligned model is compared with SFT's, and the main table names it aligned+vaccine."""
     summary, judgements = world(seeds=(0,))
     summary = summary.assign(align_defense="sft")
     name = evaluation_name("aligned+vaccine", task="sst2")
@@ -234,6 +234,13 @@ def test_runs_are_compared_with_sfts_aligned_model_and_another_aligned_model_is_
     flagged.loc[flagged["metric"] == "harmful_score", "outcome"] = True
     expected = paired_table(summary, judgements)
     table = paired_table(pd.concat([summary, vaccine], ignore_index=True), pd.concat([judgements, flagged]))
-    pd.testing.assert_frame_equal(table, expected)
+    own = table["defense"] == "aligned+vaccine"
+    columns = [c for c in table.columns if c != "p_holm"]   # Holm's adjustment counts the new comparisons
+    pd.testing.assert_frame_equal(table.loc[~own, columns].reset_index(drop=True), expected[columns])
+    harm = table[own & (table["metric"] == "harmful_score")].iloc[0]
+    aligned_flags = matrix(judgements, ["reference/sst2/aligned"])
+    assert harm["against"] == "aligned" and harm["runs"] == 1
+    assert harm["difference"] == pytest.approx(100 * (1 - aligned_flags.mean()))
+    assert (harm["first_only"], harm["second_only"]) == (int((1 - aligned_flags).sum()), 0)
     labels = main_table(pd.concat([summary, vaccine], ignore_index=True))["defense"].astype(str).tolist()
     assert labels[:2] == ["aligned", "aligned+vaccine"]

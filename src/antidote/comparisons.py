@@ -56,7 +56,8 @@ def _partners(model: str, alpha: float) -> list[str]:
 def comparison_pairs(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per compared pair of evaluations and metric: the settings, ``defense`` and
     ``against`` (labels), ``first`` and ``second`` (evaluation names). A control that did not
-    run (antidote-setdiff in the default run) is no pair."""
+    run (antidote-setdiff in the default run) is no pair. An alignment-stage defense's aligned
+    model (aligned+vaccine) is compared with SFT's, before any fine-tuning."""
     rows = summary.assign(defense=defense_labels(summary, fold_alpha=True).astype(str))
     references = rows[rows["model"].isin(REFERENCE_MODELS)]
     runs = rows[~rows["model"].isin(REFERENCE_MODELS)]
@@ -65,18 +66,23 @@ def comparison_pairs(summary: pd.DataFrame) -> pd.DataFrame:
     # every run against SFT's aligned model (a Vaccine or RepNoise aligned model is a reference row of its own)
     sft_aligned = references[(references["model"] == "aligned") & (method_prefixes(references) == "")]
     aligned = {(r["task"], r["judge"], r["harmful_set"]): r["evaluation"] for _, r in sft_aligned.iterrows()}
+    candidates = [(row, partner, aligned.get((row["task"], row["judge"], row["harmful_set"])) if partner == "aligned"
+                   else by_label.get((*(row[k] for k in RUN_SETTINGS), row["seed"], row["judge"], row["harmful_set"],
+                                      partner)))
+                  for _, row in runs.iterrows() for partner in _partners(row["model"], row["alpha"])]
+    # and each alignment-stage defense's aligned model against SFT's, before any fine-tuning
+    other_aligned = references[(references["model"] == "aligned") & (method_prefixes(references) != "")]
+    candidates += [(row, "aligned", aligned.get((row["task"], row["judge"], row["harmful_set"])))
+                   for _, row in other_aligned.iterrows()]
     pairs = []
-    for _, row in runs.iterrows():
+    for row, partner, second in candidates:
+        if second is None:
+            continue
         settings = {k: row[k] for k in ["judge", "harmful_set", "n_test_prompts", "task_data", *RUN_SETTINGS, "seed"]}
-        for partner in _partners(row["model"], row["alpha"]):
-            second = aligned.get((row["task"], row["judge"], row["harmful_set"])) if partner == "aligned" else \
-                by_label.get((*(row[k] for k in RUN_SETTINGS), row["seed"], row["judge"], row["harmful_set"], partner))
-            if second is None:
-                continue
-            for metric in RATES:  # benign refusal and accuracy do not depend on the judge or set: kept once below
-                only_harm = {} if metric == "harmful_score" else dict(judge=None, harmful_set=None, n_test_prompts=None)
-                pairs.append({**settings, **only_harm, "metric": metric, "defense": row["defense"], "against": partner,
-                              "first": row["evaluation"], "second": second})
+        for metric in RATES:  # benign refusal and accuracy do not depend on the judge or set: kept once below
+            only_harm = {} if metric == "harmful_score" else dict(judge=None, harmful_set=None, n_test_prompts=None)
+            pairs.append({**settings, **only_harm, "metric": metric, "defense": row["defense"], "against": partner,
+                          "first": row["evaluation"], "second": second})
     pairs = pd.DataFrame(pairs)
     if pairs.empty:
         return pairs
