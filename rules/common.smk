@@ -7,7 +7,8 @@ from snakemake.utils import validate
 
 from antidote.config import (TASK_FILE_KEYS, check_config, expand_runs, missing_paths, pruned_models,
                              resolve_hub_names, selected_defenses, split_sources)
-from antidote.paths import MADE_BY_WORKFLOW, PATHS, evaluation_name, evaluation_paths, pruned_name, stage_suffix
+from antidote.paths import (MADE_BY_WORKFLOW, PATHS, aligned_name, evaluation_name, evaluation_paths, pruned_name,
+                            stage_suffix)
 from antidote.plots import plot_names
 from antidote.prune import CALIBRATIONS, DEFENSES as DEFENSE_REGISTRY
 from antidote.results import run_axes, swept_axes, table_names
@@ -49,7 +50,7 @@ TASKS = sorted({run["task"] for run in RUNS.values()})
 ALIGNMENTS = {stage_suffix(name): name for name in ["sft", *sorted({run["align_defense"] for run in RUNS.values()})]}
 # The models evaluated once per task, before any fine-tuning, as every run's references: the base
 # model and each aligned model (aligned: SFT's, aligned+vaccine: Vaccine's) -> its alignment-stage defense
-REFERENCES = {"base": None, **{f"aligned{suffix}": name for suffix, name in ALIGNMENTS.items()}}
+REFERENCES = {"base": None, **{aligned_name(name): name for name in ALIGNMENTS.values()}}
 # Every pruned model's name (antidote-a0.1, safelora-k10) -> its defense, alpha and SafeLoRA setting:
 # names are made, never parsed back.
 PRUNED = {name: spec for r in RUNS.values() for name, spec in pruned_models(r, config["prune"]).items()}

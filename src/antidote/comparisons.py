@@ -64,16 +64,17 @@ def comparison_pairs(summary: pd.DataFrame) -> pd.DataFrame:
     by_label = {(*(r[k] for k in RUN_SETTINGS), r["seed"], r["judge"], r["harmful_set"], r["defense"]): r["evaluation"]
                 for _, r in runs.iterrows()}
     # every run against SFT's aligned model (a Vaccine or RepNoise aligned model is a reference row of its own)
-    sft_aligned = references[(references["model"] == "aligned") & (method_prefixes(references) == "")]
-    aligned = {(r["task"], r["judge"], r["harmful_set"]): r["evaluation"] for _, r in sft_aligned.iterrows()}
+    aligned_rows = references[references["model"] == "aligned"]
+    sft_aligned = method_prefixes(aligned_rows) == ""
+    aligned = {(r["task"], r["judge"], r["harmful_set"]): r["evaluation"]
+               for _, r in aligned_rows[sft_aligned].iterrows()}
     candidates = [(row, partner, aligned.get((row["task"], row["judge"], row["harmful_set"])) if partner == "aligned"
                    else by_label.get((*(row[k] for k in RUN_SETTINGS), row["seed"], row["judge"], row["harmful_set"],
                                       partner)))
                   for _, row in runs.iterrows() for partner in _partners(row["model"], row["alpha"])]
     # and each alignment-stage defense's aligned model against SFT's, before any fine-tuning
-    other_aligned = references[(references["model"] == "aligned") & (method_prefixes(references) != "")]
     candidates += [(row, "aligned", aligned.get((row["task"], row["judge"], row["harmful_set"])))
-                   for _, row in other_aligned.iterrows()]
+                   for _, row in aligned_rows[~sft_aligned].iterrows()]
     pairs = []
     for row, partner, second in candidates:
         if second is None:

@@ -101,6 +101,12 @@ def evaluation_name(model: str, run: str | None = None, task: str | None = None)
     return f"{run}/{model}" if run is not None else f"reference/{task}/{model}"
 
 
+def aligned_name(align_defense: str) -> str:
+    """An aligned model's name as a reference model, in paths and tables: aligned (SFT's),
+    aligned+vaccine (Vaccine's)."""
+    return f"aligned{stage_suffix(align_defense)}"
+
+
 def pruned_name(defense: str, alpha: float) -> str:
     """A pruned model's name in paths and tables (antidote-a0.1). Made here only, never parsed:
     what it stands for travels as params and in the metrics and mask files."""

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .atomic import atomic_path, write_text
-from .paths import evaluation_name, pruned_name, safelora_name, safelora_setting, selected_name
+from .paths import aligned_name, evaluation_name, pruned_name, safelora_name, safelora_setting, selected_name
 from .prune import DEFENSES
 from .records import read_jsonl
 from .stats import crossed_bootstrap_interval, wilson_interval
@@ -250,15 +250,20 @@ def defense_labels(rows: pd.DataFrame, fold_alpha: bool) -> pd.Categorical:
                         pruned_name(m, a) if fold_alpha and pd.notna(a) and m in DEFENSES else m
                         for m, a, s, v in zip(rows["model"], rows["alpha"], settings["safelora_select"],
                                               settings["safelora_value"])], index=rows.index)
-    # a training-time defense names the row (vaccine, lisa), or leads its pruned models (vaccine+antidote-a0.1)
-    prefixes = method_prefixes(rows)
-    labels = pd.Series([label if not prefix else prefix if model == "sft" else f"aligned+{prefix}" if model == "aligned"
-                        else f"{prefix}+{label}" for label, prefix, model in zip(labels, prefixes, rows["model"])],
-                       index=rows.index)
+    labels = pd.Series([_with_training_defenses(label, prefix, model) for label, prefix, model
+                        in zip(labels, method_prefixes(rows), rows["model"])], index=rows.index)
     order = (pd.DataFrame({"label": labels, "rank": model_rank(rows["model"]), "alpha": rows["alpha"], **settings,
                            **training_ranks(rows)})
              .sort_values(["rank", "_finetune", "_align", "alpha", *SAFELORA_COLUMNS])["label"].unique())
     return pd.Categorical(labels, categories=order, ordered=True)
+
+
+def _with_training_defenses(label: str, prefix: str, model: str) -> str:
+    """A row's label with its training-time defenses: they name an undefended fine-tune (vaccine,
+    lisa) and an aligned model (aligned+vaccine), and lead a pruned model's name (vaccine+antidote-a0.1)."""
+    if not prefix:
+        return label
+    return {"sft": prefix, "aligned": aligned_name(prefix)}.get(model, f"{prefix}+{label}")
 
 
 def _counts_as_integers(table: pd.DataFrame) -> pd.DataFrame:
